@@ -1,0 +1,229 @@
+"""The public functions behind ``salfw.explain``, ``salfw.evaluate`` and friends.
+
+:func:`explain` is the one path every method runs through: it validates the
+input, the targets and the parameters, checks the model kind, runs the method
+inside :func:`~salfw.core.guard.preserved` (the user's model is left as it was,
+even on error), checks the output and records time and passes in ``meta``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .contracts import Method, Metric, Perturbation
+from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
+from .explanation import Explanation
+from .guard import preserved
+from .models import Model, WhiteBox
+from .params import parse_params, params_to_json
+from .registry import get_registry
+
+
+# -- registry views --------------------------------------------------------------
+def methods() -> dict[str, type[Method]]:
+    """Registered attribution methods: name -> class (with ``box``, ``kind``, ``summary``, ``Params``)."""
+    return {k: e.obj for k, e in sorted(get_registry().table("method").items())}
+
+
+def metrics() -> dict[str, type[Metric]]:
+    return {k: e.obj for k, e in sorted(get_registry().table("metric").items())}
+
+
+def perturbations() -> dict[str, type[Perturbation]]:
+    return {k: e.obj for k, e in sorted(get_registry().table("perturbation").items())}
+
+
+def model_explainers() -> dict[str, type]:
+    return {k: e.obj for k, e in sorted(get_registry().table("model-explainer").items())}
+
+
+def make_method(name: str, **params: Any) -> Method:
+    cls = get_registry().get("method", name)
+    return cls(parse_params(cls.Params, params, owner=f"method '{name}'"))
+
+
+def make_perturbation(spec: str | Perturbation, **params: Any) -> Perturbation:
+    """A perturbation instance from its registered name (or pass one through)."""
+    if isinstance(spec, Perturbation):
+        return spec
+    if not isinstance(spec, str):
+        raise ParameterError(f"a perturbation is named by a string like 'black' or 'blur', got {spec!r}")
+    cls = get_registry().get("perturbation", spec)
+    return cls(parse_params(cls.Params, params, owner=f"perturbation '{spec}'"))
+
+
+def load_model(spec: str) -> Model:
+    """Load a model from ``scheme:rest`` (``builtin:mnist-cnn``, ``torchscript:PATH``,
+    ``onnx:PATH``, ``python:module:callable[@weights]``)."""
+    if not isinstance(spec, str) or ":" not in spec:
+        schemes = ", ".join(sorted(get_registry().table("model-loader"))) or "none registered"
+        raise ModelError(f"a model spec looks like 'scheme:rest' (schemes: {schemes}), got {spec!r}")
+    scheme, rest = spec.split(":", 1)
+    loader = get_registry().get("model-loader", scheme)()
+    return loader.load(rest)
+
+
+# -- validation -------------------------------------------------------------------
+def as_batch(model: Model, x: Any) -> torch.Tensor:
+    """Check and convert a user batch to a float tensor on the model's device."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"inputs must be a torch.Tensor or numpy array batch, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"inputs must be floating point in input_range {model.input_range}, got dtype "
+                         f"{x.dtype} (for 8-bit images divide by 255)")
+    if x.dim() not in (2, 4):
+        raise InputError(f"inputs must be a batch of images (N, C, H, W) or of vectors (N, D); "
+                         f"got shape {tuple(x.shape)} (add a batch dimension with x[None])")
+    if x.shape[0] == 0:
+        raise InputError("inputs are an empty batch (N = 0)")
+    if model.input_shape is not None and tuple(x.shape[1:]) != model.input_shape:
+        raise InputError(f"inputs have per-sample shape {tuple(x.shape[1:])}, the model expects "
+                         f"{model.input_shape}")
+    if not torch.isfinite(x).all():
+        raise InputError("inputs contain NaN or infinite values")
+    lo, hi = model.input_range
+    tol = 1e-6 * (hi - lo)
+    if x.min() < lo - tol or x.max() > hi + tol:
+        raise InputError(f"inputs span [{x.min().item():.4g}, {x.max().item():.4g}], outside the model's "
+                         f"input_range ({lo:g}, {hi:g}); pass input_range=(low, high) to the adapter, or "
+                         f"move normalisation into it (WhiteBox(mean=..., std=...))")
+    dtype = model.dtype if isinstance(model, WhiteBox) else x.dtype
+    return x.detach().to(device=model.device, dtype=dtype).clone()
+
+
+def as_targets(target: Any, n: int, num_classes: int, predicted: torch.Tensor) -> torch.Tensor:
+    """``None`` -> predicted classes; an int -> that class for all; a sequence -> one per sample."""
+    if target is None:
+        return predicted.clone()
+    if isinstance(target, (bool, np.bool_)):
+        raise TargetError(f"target must be an int class index or a sequence of them, got {target!r}")
+    if isinstance(target, (int, np.integer)):
+        t = torch.full((n,), int(target), dtype=torch.long)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target))
+        except (TypeError, ValueError):
+            raise TargetError(f"target must be an int or a sequence of ints, got {target!r}") from None
+        if t.dim() == 0:
+            t = t.reshape(1).expand(n)
+        if t.dim() != 1 or t.shape[0] != n:
+            raise TargetError(f"target must give one class per sample ({n}), got shape {tuple(t.shape)}")
+        if t.is_floating_point() or t.dtype == torch.bool:
+            if t.is_floating_point() and torch.equal(t, t.round()):
+                t = t.long()
+            else:
+                raise TargetError(f"targets must be integer class indices, got dtype {t.dtype}")
+        t = t.long()
+    if (t < 0).any() or (t >= num_classes).any():
+        raise TargetError(f"target {t.tolist()} out of range: the model has {num_classes} classes "
+                          f"(0..{num_classes - 1})")
+    return t.to(predicted.device)
+
+
+# -- explain ----------------------------------------------------------------------
+def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed: int = 0,
+            **params: Any) -> Explanation:
+    """Explain ``model``'s decision on the batch ``x`` with a registered method.
+
+    ``target``: None explains the predicted classes; an int or one int per sample
+    explains those. ``seed`` fixes every random choice. ``params`` are the
+    method's declared parameters (``salfw info METHOD`` lists them).
+    """
+    if isinstance(method, str):
+        instance = make_method(method, **params)
+    elif isinstance(method, Method):
+        if params:
+            raise ParameterError("pass parameters either to the method instance or to explain(), not both")
+        instance = method
+    else:
+        raise UnknownNameError(f"method must be a registered name or a Method instance, got {method!r}")
+    if not isinstance(model, Model):
+        raise ModelError(f"model must be a salfw.WhiteBox or salfw.BlackBox, got {type(model).__name__}; "
+                         f"wrap a torch.nn.Module in salfw.WhiteBox and a callable in salfw.BlackBox")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ParameterError(f"seed must be an int, got {seed!r}")
+    instance.check_model(model)
+    batch = as_batch(model, x)
+    kind = "image" if batch.dim() == 4 else "vector"
+    if kind not in instance.input_kinds:
+        raise InputError(f"'{instance.name}' explains {' or '.join(instance.input_kinds)} inputs, "
+                         f"got a batch of {kind}s of shape {tuple(batch.shape)}")
+    module = model.module if isinstance(model, WhiteBox) else None
+    with preserved(module):
+        scores = model.scores(batch)
+        probabilities = model.to_probabilities(scores)
+        targets = as_targets(target, batch.shape[0], scores.shape[1], scores.argmax(dim=1))
+        model.reset_counters()
+        start = time.perf_counter()
+        result = instance.attribute(model, batch, targets, int(seed))
+        seconds = time.perf_counter() - start
+    attributions, extra = result if isinstance(result, tuple) else (result, {})
+    _check_output(instance.name, attributions, batch)
+    meta = {"seconds": seconds, "forward_passes": model.forward_passes,
+            "backward_passes": model.backward_passes, "seed": int(seed),
+            "predicted": scores.argmax(dim=1).tolist(),
+            "probabilities": probabilities.detach().cpu().tolist(), **extra}
+    return Explanation(attributions=attributions.detach(), targets=targets, method=instance.name,
+                       kind=instance.kind, params=params_to_json(instance.params), meta=meta,
+                       inputs=batch, input_range=model.input_range)
+
+
+def _check_output(name: str, a: Any, x: torch.Tensor) -> None:
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"method '{name}' returned {type(a).__name__}, not a tensor")  # a plugin bug
+    ok = a.shape == x.shape or (x.dim() == 4 and a.dim() == 4 and a.shape[0] == x.shape[0]
+                                and a.shape[1] == 1 and a.shape[2:] == x.shape[2:])
+    if not ok:
+        raise TypeError(f"method '{name}' returned attributions of shape {tuple(a.shape)} for inputs "
+                        f"of shape {tuple(x.shape)}")  # a plugin bug, not a user error
+
+
+# -- evaluate ---------------------------------------------------------------------
+def make_metric(name: str, **params: Any) -> Metric:
+    cls = get_registry().get("metric", name)
+    return cls(parse_params(cls.Params, params, owner=f"metric '{name}'"))
+
+
+def evaluate(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
+             target: Any = None, seed: int = 0, **params: Any) -> torch.Tensor:
+    """Score an explanation of ``x`` with a registered metric: one value per sample (N,)."""
+    scores, _extra = evaluate_full(metric, model, x, explanation, target, seed, **params)
+    return scores
+
+
+def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
+                  target: Any = None, seed: int = 0, **params: Any) -> tuple[torch.Tensor, dict]:
+    """Like :func:`evaluate`, also returning the metric's extras (curves, baselines)."""
+    instance = make_metric(metric, **params)
+    if not isinstance(model, Model):
+        raise ModelError(f"model must be a salfw.WhiteBox or salfw.BlackBox, got {type(model).__name__}")
+    if "white-box" in instance.needs and not isinstance(model, WhiteBox):
+        raise ModelError(f"metric '{metric}' needs a salfw.WhiteBox, got a {type(model).__name__}")
+    batch = as_batch(model, x)
+    if isinstance(explanation, Explanation):
+        attributions = explanation.attributions
+        context = {"explanation": explanation}
+        if target is None:
+            target = explanation.targets
+    elif isinstance(explanation, (torch.Tensor, np.ndarray)):
+        attributions, context = torch.as_tensor(explanation), {}
+    else:
+        raise InputError(f"explanation must be a salfw Explanation or an attribution tensor, "
+                         f"got {type(explanation).__name__}")
+    if attributions.shape[0] != batch.shape[0]:
+        raise InputError(f"the explanation covers {attributions.shape[0]} samples, the inputs "
+                         f"{batch.shape[0]}")
+    attributions = attributions.to(device=batch.device, dtype=batch.dtype)
+    module = model.module if isinstance(model, WhiteBox) else None
+    with preserved(module):
+        scores = model.scores(batch)
+        targets = as_targets(target, batch.shape[0], scores.shape[1], scores.argmax(dim=1))
+        result = instance.score(model, batch, attributions, targets, int(seed), **context)
+    values, extra = result if isinstance(result, tuple) else (result, {})
+    return values, extra

@@ -1,0 +1,135 @@
+"""The base classes a plugin subclasses: methods, metrics, perturbations,
+model loaders and model explainers. Each declares its parameters once as a
+``Params`` dataclass (see :mod:`salfw.core.params`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import torch
+
+from .errors import ModelRequirementError
+from .models import Model, WhiteBox
+from .params import NoParams
+
+NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class Method:
+    """An attribution method: explains a batch ``x`` for ``targets`` (one class per sample).
+
+    Class attributes: ``name`` (kebab-case), ``box`` ("white" needs a
+    :class:`WhiteBox`; "black" runs on any model), ``kind`` ("additive",
+    "comparative" or "mask"), ``summary`` (one line with the paper), ``scope``
+    ("local", "weak global" or "strong global", in the LIME/GeoSal sense),
+    ``requires`` (what the network must have, in words), ``input_kinds``
+    ("image" and/or "vector"), ``random`` (whether ``seed`` matters) and
+    ``test_params`` (small settings the conformance suite uses for speed).
+    """
+
+    name: ClassVar[str]
+    box: ClassVar[str] = "white"
+    kind: ClassVar[str] = "additive"
+    summary: ClassVar[str] = ""
+    scope: ClassVar[str] = "local"
+    requires: ClassVar[tuple[str, ...]] = ()
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "vector")
+    random: ClassVar[bool] = False
+    test_params: ClassVar[dict[str, Any]] = {}
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def check_model(self, model: Model) -> None:
+        """Raise :class:`ModelRequirementError` when the model cannot be explained by this method."""
+        if self.box == "white" and not isinstance(model, WhiteBox):
+            raise ModelRequirementError(
+                f"'{self.name}' is a white-box method and needs a salfw.WhiteBox (a torch.nn.Module); "
+                f"got a {type(model).__name__}. Black-box methods run on any model.")
+
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, seed: int
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return attributions shaped like ``x`` (or (N, 1, H, W)), optionally with extra ``meta``."""
+        raise NotImplementedError
+
+
+class Metric:
+    """A measure of an explanation's quality, scored per sample.
+
+    ``higher_is_better`` gives the score direction (None where neither is
+    better); ``needs`` lists what the metric requires ("white-box" for
+    re-explaining a changed network, "mask" for a ground-truth region).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool | None] = True
+    needs: ClassVar[tuple[str, ...]] = ()
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              seed: int, **context: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return one score per sample (N,), optionally with extras such as curves."""
+        raise NotImplementedError
+
+
+class Perturbation:
+    """How information is deleted: where ``keep`` is 0 the input takes :meth:`fill`'s values.
+
+    Fills live in the input's own domain (``input_range``) and random fills are
+    drawn per sample shape from ``generator``, so a batch and its samples one
+    by one are perturbed alike.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    random: ClassVar[bool] = False
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def fill(self, x: torch.Tensor, input_range: tuple[float, float],
+             generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, x: torch.Tensor, keep: torch.Tensor, input_range: tuple[float, float],
+              generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x * keep + fill * (1 - keep)``; ``keep`` broadcasts against ``x``."""
+        keep = keep.to(dtype=x.dtype)
+        return x * keep + self.fill(x, input_range, generator) * (1 - keep)
+
+
+class ModelLoader:
+    """Turns a model spec ``<scheme>:<rest>`` into a :class:`Model`."""
+
+    scheme: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    def load(self, rest: str) -> Model:
+        raise NotImplementedError
+
+    def available(self) -> list[dict[str, Any]]:
+        """Models this loader can name without a path (for ``salfw list models``)."""
+        return []
+
+
+class ModelExplainer:
+    """Explains a network as a whole rather than one input (activation
+    maximisation, TCAV, rule extraction). ``run`` returns a dict of results."""
+
+    name: ClassVar[str]
+    box: ClassVar[str] = "white"
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    def run(self, model: Model, data: Any = None, seed: int = 0) -> dict[str, Any]:
+        raise NotImplementedError

@@ -1,0 +1,77 @@
+"""The input stage of a white box: a per-channel affine map from pixel space.
+
+The GeoSal thesis puts an offset/scale/invert "front layer" before its MNIST
+networks; ImageNet models expect mean/std normalisation. Both are affine per
+channel, so salfw folds them into one map ``y = a * x + b`` applied in front of
+the user's network. Explanations and perturbations then live in the raw pixel
+space the user sees (``input_range``), while methods that need the network's
+own input domain (Deep Taylor's z^B bounds) ask :meth:`Preprocessing.bounds`.
+
+Order of operations, as in the thesis and then torchvision's ``Normalize``::
+
+    x -> (lo + hi - x if invert) -> (+ offset) -> (* scale) -> ((. - mean) / std)
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ParameterError
+
+
+def _as_vector(name: str, value: float | Sequence[float] | None, default: float) -> torch.Tensor:
+    if value is None:
+        return torch.tensor([default], dtype=torch.float64)
+    vec = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+    if vec.numel() == 0 or not torch.isfinite(vec).all():
+        raise ParameterError(f"preprocessing '{name}' must be finite numbers, got {value!r}")
+    return vec
+
+
+class Preprocessing(nn.Module):
+    """``y = a * x + b`` per channel (channel dimension 1; vectors use one channel)."""
+
+    def __init__(self, input_range: tuple[float, float] = (0.0, 1.0), *, invert: bool = False,
+                 offset: float | Sequence[float] | None = None, scale: float | Sequence[float] | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None):
+        super().__init__()
+        lo, hi = input_range
+        off, sc = _as_vector("offset", offset, 0.0), _as_vector("scale", scale, 1.0)
+        mu, sd = _as_vector("mean", mean, 0.0), _as_vector("std", std, 1.0)
+        if (sd == 0).any() or (sc == 0).any():
+            raise ParameterError("preprocessing 'std' and 'scale' must be non-zero")
+        # invert: x' = (lo + hi) - x, i.e. a0 = -1, b0 = lo + hi
+        a0, b0 = (-1.0, lo + hi) if invert else (1.0, 0.0)
+        a = a0 * sc / sd
+        b = ((b0 + off) * sc - mu) / sd
+        self.settings = {"invert": invert, "offset": offset, "scale": scale, "mean": mean, "std": std}
+        self.register_buffer("a", a, persistent=False)
+        self.register_buffer("b", b, persistent=False)
+
+    @property
+    def is_identity(self) -> bool:
+        return bool((self.a == 1).all() and (self.b == 0).all())
+
+    def _shaped(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        t = t.to(device=x.device, dtype=x.dtype)
+        if x.dim() == 4 and t.numel() > 1:
+            return t.view(1, -1, 1, 1)
+        return t.reshape(()) if t.numel() == 1 else t.view(1, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_identity:
+            return x
+        return x * self._shaped(self.a, x) + self._shaped(self.b, x)
+
+    def bounds(self, input_range: tuple[float, float], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lowest and highest value each network input can take, shaped to broadcast with ``like``.
+
+        With a negative factor (invert, negative scale) the bounds swap, per channel.
+        """
+        lo, hi = input_range
+        y_lo, y_hi = self._shaped(self.a, like) * lo + self._shaped(self.b, like), \
+            self._shaped(self.a, like) * hi + self._shaped(self.b, like)
+        return torch.minimum(y_lo, y_hi), torch.maximum(y_lo, y_hi)

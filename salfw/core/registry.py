@@ -1,0 +1,217 @@
+"""The plugin registry: discovers entry points of group ``salfw`` through pluggy.
+
+salfw's built-in families are entry points in its own pyproject, loaded exactly
+like a third party's. Loading is lazy (on the first lookup) and isolated: a
+plugin whose import or registration raises is recorded as failed, its partial
+registrations are rolled back, and the rest keep working. Two plugins
+registering the same name is a :class:`PluginError` naming both (the second
+one is recorded as failed).
+
+Environment:
+  ``SALFW_PLUGINS=a,b``          load only these entry points (an allow-list).
+  ``SALFW_DISABLE_PLUGINS=1``    load only salfw's own built-in entry points;
+  ``SALFW_DISABLE_PLUGINS=a,b``  skip these entry points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+import types
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .contracts import NAME_PATTERN, Method, Metric, ModelExplainer, ModelLoader, Perturbation
+from .errors import PluginError, UnknownNameError
+from .explanation import KINDS
+
+ENTRY_POINT_GROUP = "salfw"
+OWN_DISTRIBUTION = "salfw"
+
+# registry type -> (hook name, base class, attribute holding the name)
+TYPES: dict[str, tuple[str, type, str]] = {
+    "method": ("salfw_register_methods", Method, "name"),
+    "metric": ("salfw_register_metrics", Metric, "name"),
+    "perturbation": ("salfw_register_perturbations", Perturbation, "name"),
+    "model-loader": ("salfw_register_model_loaders", ModelLoader, "scheme"),
+    "model-explainer": ("salfw_register_model_explainers", ModelExplainer, "name"),
+}
+
+
+@dataclasses.dataclass
+class Entry:
+    name: str
+    type: str
+    obj: Any
+    plugin: str
+    distribution: str | None
+    version: str | None
+
+
+@dataclasses.dataclass
+class PluginRecord:
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    status: str  # "loaded" | "failed" | "disabled"
+    error: str | None = None
+    provides: list[str] = dataclasses.field(default_factory=list)
+
+
+def _check_class(kind: str, obj: Any, base: type, key: str) -> str:
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise PluginError(f"a {kind} plugin must register a subclass of salfw.core.contracts.{base.__name__}, "
+                          f"got {obj!r}")
+    name = getattr(obj, key, None)
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise PluginError(f"{kind} {obj.__name__} needs a kebab-case '{key}' (like 'my-method'), got {name!r}")
+    params = getattr(obj, "Params", None)
+    if params is not None and not dataclasses.is_dataclass(params):
+        raise PluginError(f"{kind} '{name}': Params must be a dataclass")
+    if kind == "method":
+        if obj.box not in ("white", "black"):
+            raise PluginError(f"method '{name}': box must be 'white' or 'black', got {obj.box!r}")
+        if obj.kind not in KINDS:
+            raise PluginError(f"method '{name}': kind must be one of {', '.join(KINDS)}, got {obj.kind!r}")
+    return name
+
+
+class Registry:
+    def __init__(self):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in TYPES}
+        self.plugins: dict[str, PluginRecord] = {}
+        self._loaded = False
+
+    # -- loading ----------------------------------------------------------------
+    def ensure_loaded(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self.load_entry_points()
+
+    def load_entry_points(self) -> None:
+        allow = _names_from_env("SALFW_PLUGINS")
+        disable = os.environ.get("SALFW_DISABLE_PLUGINS", "").strip()
+        only_own = disable.lower() in ("1", "true", "yes", "all")
+        skip = set() if only_own else (_names_from_env("SALFW_DISABLE_PLUGINS") or set())
+        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else None
+            version = ep.dist.version if ep.dist is not None else None
+            if ep.name in self.plugins:
+                continue  # the same entry point seen twice (e.g. an editable install on the path)
+            off = (allow is not None and ep.name not in allow) or ep.name in skip or (
+                only_own and dist != OWN_DISTRIBUTION)
+            if off:
+                self.plugins[ep.name] = PluginRecord(ep.name, ep.value, dist, version, "disabled")
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # isolate: one broken plugin must not take the others down
+                self.plugins[ep.name] = PluginRecord(ep.name, ep.value, dist, version, "failed",
+                                                     f"{type(exc).__name__}: {exc}")
+                continue
+            self._register(module, ep.name, ep.value, dist, version, raise_errors=False)
+
+    def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
+                        version: str | None = None) -> None:
+        """Register an in-process plugin (a module or object with hookimpls); errors raise."""
+        self.ensure_loaded()
+        module_name = getattr(plugin, "__name__", type(plugin).__name__)
+        self._register(plugin, name, module_name, distribution, version, raise_errors=True)
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and everything it registered (tests and interactive use)."""
+        for table in self.entries.values():
+            for key in [k for k, e in table.items() if e.plugin == name]:
+                del table[key]
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.plugins.pop(name, None)
+
+    def _register(self, plugin: Any, name: str, module_name: str, dist: str | None, version: str | None,
+                  raise_errors: bool) -> None:
+        record = PluginRecord(name, module_name, dist, version, "loaded")
+        added: list[tuple[str, str]] = []
+        try:
+            if name in self.plugins and self.plugins[name].status == "loaded":
+                raise PluginError(f"a plugin named '{name}' is already loaded")
+            self.pm.register(plugin, name=name)
+            for kind, (hook, base, key) in TYPES.items():
+                for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                    if impl.plugin_name == name:
+                        impl.function(register=self._callback(kind, base, key, name, dist, version, added))
+        except Exception as exc:
+            for kind, key in added:
+                del self.entries[kind][key]
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.plugins[name] = record
+            if raise_errors:
+                raise exc if isinstance(exc, PluginError) else PluginError(
+                    f"plugin '{name}' failed to register: {record.error}") from exc
+            return
+        record.provides = [f"{kind}:{key}" for kind, key in added]
+        self.plugins[name] = record
+
+    def _callback(self, kind: str, base: type, key: str, plugin: str, dist, version,
+                  added: list) -> Callable[[type], type]:
+        def register(obj: type) -> type:
+            entry_name = _check_class(kind, obj, base, key)
+            table = self.entries[kind]
+            if entry_name in table:
+                raise PluginError(f"{kind} '{entry_name}' is registered by both plugin "
+                                  f"'{table[entry_name].plugin}' and plugin '{plugin}'")
+            table[entry_name] = Entry(entry_name, kind, obj, plugin, dist, version)
+            added.append((kind, entry_name))
+            return obj
+        return register
+
+    # -- lookup -------------------------------------------------------------------
+    def table(self, kind: str) -> dict[str, Entry]:
+        self.ensure_loaded()
+        return self.entries[kind]
+
+    def get(self, kind: str, name: str) -> Any:
+        table = self.table(kind)
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none registered"
+            failed = [p.name for p in self.plugins.values() if p.status == "failed"]
+            hint = f" (failed plugins: {', '.join(failed)}; see 'salfw list plugins')" if failed else ""
+            raise UnknownNameError(f"unknown {kind} '{name}'; available: {known}{hint}")
+        return table[name].obj
+
+
+def _names_from_env(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None or not value.strip():
+        return None
+    return {v.strip() for v in value.split(",") if v.strip()}
+
+
+_REGISTRY: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry (created on first use)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        _REGISTRY = Registry()
+    return _REGISTRY
+
+
+def reset_registry() -> None:
+    """Forget everything loaded, so the next lookup reads the entry points and environment again."""
+    global _REGISTRY
+    _REGISTRY = None
+
+
+def plugin_namespace(**hooks: Callable) -> types.SimpleNamespace:
+    """A plugin object from hook functions, for in-process registration in tests and notebooks."""
+    return types.SimpleNamespace(**{k: hookspecs.hookimpl(v) for k, v in hooks.items()})

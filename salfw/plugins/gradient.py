@@ -1,0 +1,55 @@
+"""Gradient saliency (Simonyan, Vedaldi & Zisserman 2014, "Deep inside convolutional
+networks"): the derivative of the target's score (the logit, before softmax, as in
+the paper) with respect to the input, ``∂y_c/∂x``. The paper shows the absolute
+value (``absolute=True``, max over channels there; here the channel sum of
+|grad| is left to ``heatmap()``); the signed gradient is Captum's ``Saliency``
+with ``abs=False``. Local explanation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from salfw.core.contracts import Method
+from salfw.core.hookspecs import hookimpl
+from salfw.core.models import WhiteBox
+from salfw.core.params import param
+
+
+def target_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``∂ y_target / ∂ x`` for each sample, in chunks of ``batch_size``; the logits' sum over the
+    batch is differentiated once per chunk (samples are independent)."""
+    grads = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = model.forward(chunk)
+            selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
+            (grad,) = torch.autograd.grad(selected, chunk)
+        model.count_backward(chunk.shape[0])
+        grads.append(grad)
+    return torch.cat(grads)
+
+
+class Gradient(Method):
+    name = "gradient"
+    box = "white"
+    kind = "additive"
+    summary = "gradient of the target logit w.r.t. the input (Simonyan et al. 2014)"
+    scope = "local"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        absolute: bool = param(False, "return |gradient| as in the paper's saliency maps")
+        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+
+    def attribute(self, model, x, targets, seed):
+        grad = target_gradient(model, x, targets, self.params.batch_size)
+        return grad.abs() if self.params.absolute else grad
+
+
+@hookimpl
+def salfw_register_methods(register):
+    register(Gradient)
