@@ -5,7 +5,7 @@ model loaders and model explainers. Each declares its parameters once as a
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
@@ -24,8 +24,10 @@ class Method:
     "comparative" or "mask"), ``summary`` (one line with the paper), ``scope``
     ("local", "weak global" or "strong global", in the LIME/GeoSal sense),
     ``requires`` (what the network must have, in words), ``input_kinds``
-    ("image" and/or "vector"), ``random`` (whether ``seed`` matters) and
-    ``test_params`` (small settings the conformance suite uses for speed).
+    ("image" and/or "vector"), ``random`` (whether ``seed`` matters),
+    ``test_params`` (small settings the conformance suite uses for speed) and
+    ``test_model`` (optional: a function of the input kind returning the model
+    the conformance suite should use, for methods that need a special network).
     """
 
     name: ClassVar[str]
@@ -37,6 +39,7 @@ class Method:
     input_kinds: ClassVar[tuple[str, ...]] = ("image", "vector")
     random: ClassVar[bool] = False
     test_params: ClassVar[dict[str, Any]] = {}
+    test_model: ClassVar[Callable[[str], Model] | None] = None
     Params: ClassVar[type] = NoParams
 
     def __init__(self, params: Any):

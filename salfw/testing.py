@@ -1,0 +1,156 @@
+"""The conformance suite: what every registered method must satisfy.
+
+Run it on your own plugin with::
+
+    from salfw.testing import check_method
+    check_method("my-method")            # raises AssertionError naming the failed check
+
+or parametrise pytest over :func:`conformance_cases` as salfw's own
+``tests/test_conformance.py`` does. The checks (DESIGN.md, "Testing"):
+
+``output``                   shape (like the input, or (N, 1, H, W)), floating dtype, finite values
+``deterministic``            the same seed gives the same result
+``batch-equals-samples``     a batch gives the same result as its samples one by one
+``model-unchanged``          parameters, ``requires_grad``, ``training`` and hooks as before
+``model-unchanged-on-error`` the same after the network raises in the middle of the method
+``refuses-black-box``        a white-box method given a BlackBox raises ModelRequirementError
+
+Methods run on tiny networks (a bias-free ReLU CNN with max pooling and a
+global-average-pool + linear head on 1×8×8 images; a bias-free ReLU MLP on
+6 features) with the method's ``test_params``, unless it names a ``test_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .core.api import explain, methods
+from .core.errors import ModelRequirementError
+from .core.guard import model_fingerprint, same_fingerprint
+from .core.models import BlackBox, Model, WhiteBox
+
+CHECKS = ("output", "deterministic", "batch-equals-samples", "model-unchanged", "model-unchanged-on-error",
+          "refuses-black-box")
+IMAGE_SHAPE = (1, 8, 8)
+VECTOR_SIZE = 6
+CLASSES = 3
+
+
+def tiny_cnn(bias: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """Conv-ReLU-MaxPool-Conv-ReLU-GAP-Linear on 1×8×8 inputs, 3 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(4, 6, 3, padding=1, bias=bias), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, CLASSES, bias=bias),
+    ).to(dtype)
+
+
+def tiny_mlp(bias: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """Linear-ReLU-Linear-ReLU-Linear on 6 features, 3 classes."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(VECTOR_SIZE, 8, bias=bias), nn.ReLU(), nn.Linear(8, 8, bias=bias), nn.ReLU(),
+                         nn.Linear(8, CLASSES, bias=bias)).to(dtype)
+
+
+def sample_batch(kind: str, n: int = 3, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, *IMAGE_SHAPE) if kind == "image" else (n, VECTOR_SIZE)
+    return torch.rand(shape, generator=g)
+
+
+def default_model(kind: str) -> WhiteBox:
+    return WhiteBox(tiny_cnn() if kind == "image" else tiny_mlp())
+
+
+class _FailAfter(nn.Module):
+    """Wraps a network and raises on its ``calls``-th forward: an error in the middle of a method."""
+
+    def __init__(self, net: nn.Module, calls: int = 2):
+        super().__init__()
+        self.net, self.calls, self.seen = net, calls, 0
+
+    def forward(self, x):
+        self.seen += 1
+        if self.seen >= self.calls:
+            raise RuntimeError("injected failure (salfw.testing)")
+        return self.net(x)
+
+
+def conformance_cases() -> list[tuple[str, str]]:
+    """(method name, input kind) for every registered method and each input kind it accepts."""
+    return [(name, kind) for name, cls in methods().items() for kind in ("image", "vector")
+            if kind in cls.input_kinds]
+
+
+def _model_for(cls, kind: str) -> Model:
+    return cls.test_model(kind) if cls.test_model is not None else default_model(kind)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> bool:
+    scale = max(a.abs().max().item(), b.abs().max().item(), 1e-12)
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * scale))
+
+
+def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECKS,
+                 params: dict[str, Any] | None = None) -> None:
+    """Run the conformance checks for one method on one input kind; AssertionError on the first failure."""
+    cls = methods()[name]
+    params = dict(cls.test_params if params is None else params)
+    x = sample_batch(kind)
+    model = _model_for(cls, kind)
+    module = model.module if isinstance(model, WhiteBox) else None
+    module.train() if module is not None else None  # the guard must restore training mode too
+    handle = module.register_forward_hook(lambda *a: None) if module is not None else None  # a user's hook
+    before = model_fingerprint(module) if module is not None else None
+
+    first = explain(name, model, x, seed=0, **params)
+    if "output" in checks:
+        a = first.attributions
+        ok_shape = a.shape == x.shape or (x.dim() == 4 and a.shape == (x.shape[0], 1, *x.shape[2:]))
+        assert ok_shape, f"{name}: attributions {tuple(a.shape)} for inputs {tuple(x.shape)}"
+        assert a.is_floating_point(), f"{name}: attributions have dtype {a.dtype}"
+        assert torch.isfinite(a).all(), f"{name}: attributions have NaN or infinite values"
+        assert first.kind in ("additive", "comparative", "mask"), f"{name}: kind {first.kind!r}"
+        assert first.targets.shape == (x.shape[0],), f"{name}: targets shape {tuple(first.targets.shape)}"
+    if "deterministic" in checks:
+        again = explain(name, model, x, seed=0, **params)
+        assert _close(first.attributions, again.attributions), f"{name}: same seed gave different results"
+    if "batch-equals-samples" in checks:
+        singles = torch.cat([explain(name, model, x[i:i + 1], target=first.targets[i:i + 1], seed=0,
+                                     **params).attributions for i in range(x.shape[0])])
+        assert _close(first.attributions, singles, rtol=1e-3), \
+            f"{name}: the batch differs from its samples one by one " \
+            f"(max diff {(first.attributions - singles).abs().max().item():.3g})"
+    if module is not None and "model-unchanged" in checks:
+        assert same_fingerprint(before, model_fingerprint(module)), f"{name}: the model was changed"
+    if module is not None and "model-unchanged-on-error" in checks:
+        failing_module = _FailAfter(module)
+        failing = WhiteBox(failing_module, model.input_range)
+        failing_module.train()
+        failing_before = model_fingerprint(failing_module)
+        raised = False
+        try:
+            explain(name, failing, x, target=first.targets, seed=0, **params)
+        except RuntimeError as exc:
+            raised = "injected failure" in str(exc) or "injected failure" in str(exc.__cause__)
+        except Exception as exc:  # a method may wrap the error; the cause must be ours
+            raised = "injected failure" in repr(exc) or "injected failure" in repr(exc.__cause__)
+        assert raised, f"{name}: the injected failure did not propagate"
+        failing_module.seen = 0
+        assert same_fingerprint(failing_before, model_fingerprint(failing_module)), \
+            f"{name}: the model was changed after an error"
+    if "refuses-black-box" in checks and cls.box == "white":
+        net = model.module if isinstance(model, WhiteBox) else default_model(kind).module
+        black = BlackBox(net, model.input_range, backend="torch")
+        try:
+            explain(name, black, x, seed=0, **params)
+        except ModelRequirementError as exc:
+            assert "WhiteBox" in str(exc) or "white" in str(exc), f"{name}: unclear refusal: {exc}"
+        else:
+            raise AssertionError(f"{name}: a white-box method accepted a BlackBox")
+    if handle is not None:
+        handle.remove()
