@@ -1,0 +1,188 @@
+"""VisualBackProp (Bojarski, Choromanska, Choromanski, Firner, Jackel, Muller &
+Zieba 2017, "VisualBackProp: efficient visualization of CNNs"), as described
+in the GeoSal thesis.
+
+One forward pass, no gradients. For every convolutional layer followed by a
+ReLU, the ReLU's feature maps are averaged over channels, ``m_l`` (N, 1, h_l, w_l).
+Starting from the deepest average, the running map is scaled up to the
+previous layer's resolution by a transposed convolution with a *unity* filter
+(all ones, one channel) of the layer's kernel size, stride, padding and
+dilation, and multiplied pointwise with the next shallower average; this
+repeats down to the input, whose size the last deconvolution reaches::
+
+    v_L = m_L;   v_{l-1} = deconv_1(v_l, layer l) ⊙ m_{l-1};   VBP = deconv_1(v_1, layer 1)
+
+The result (N, 1, H, W) is not normalised (a heatmap rescales it for display;
+the paper shows it scaled to [0, 1]). It does not depend on the target class:
+VisualBackProp shows which input regions drive the feature maps (of all
+classes at once), so the targets are ignored. A local explanation.
+
+Choices where the paper is silent (its networks have no pooling):
+
+* a pooling layer (``nn.MaxPool2d`` / ``nn.AvgPool2d``) sits in the scaling
+  chain like a layer without ReLU: its unity deconvolution (kernel, stride,
+  padding of the pool) scales the map up to the pool's input size; no average
+  is multiplied there;
+* where a deconvolution's natural size differs from the layer's input size
+  (a convolution or pool that drops border rows), the missing rows are added
+  with ``output_padding`` (or zero padding / cropping where that cannot express
+  it);
+* the network is read as a plain chain in the order its modules are called
+  (``nn.Sequential`` CNNs like the built-in ones); the chain ends at the
+  first layer whose output is no longer a spatial map (the global pool).
+
+The method is designed for ReLU CNNs without biases (the built-in
+``mnist-cnn-nobias``, and ``mnist-cnn-offset`` whose -0.5 input offset lives
+in the adapter's preprocessing, so the network itself stays bias-free): a
+network with biases (conv/linear ``bias``, BatchNorm shifts) triggers a
+warning, and one without ``nn.Conv2d`` layers followed by an ``nn.ReLU``
+module is refused with :class:`ModelRequirementError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salfw.core.contracts import Method
+from salfw.core.errors import ModelRequirementError
+from salfw.core.hookspecs import hookimpl
+from salfw.core.params import param
+from salfw.plugins._layers import is_spatial, model_label, trace
+
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+_SIZE_PRESERVING = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@dataclass
+class _Step:
+    """One layer of the scaling chain: its unity deconvolution's geometry and its input size."""
+
+    name: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    in_size: tuple[int, int]
+
+
+def _step(name: str, module: nn.Module, in_size) -> _Step:
+    stride = module.stride if module.stride is not None else module.kernel_size
+    dilation = getattr(module, "dilation", 1)
+    return _Step(name, _pair(module.kernel_size), _pair(stride), _pair(module.padding), _pair(dilation),
+                 tuple(in_size))
+
+
+def unity_deconv(v: torch.Tensor, step: _Step) -> torch.Tensor:
+    """Transposed convolution of (N, 1, h, w) maps with an all-ones filter, sized to the layer's input."""
+    ones = torch.ones((1, 1) + step.kernel, dtype=v.dtype, device=v.device)
+    natural = [(v.shape[2 + i] - 1) * step.stride[i] - 2 * step.padding[i] + step.dilation[i] * (step.kernel[i] - 1)
+               + 1 for i in range(2)]
+    extra = [step.in_size[i] - natural[i] for i in range(2)]
+    fits = all(0 <= extra[i] < max(step.stride[i], step.dilation[i]) for i in range(2))
+    out = F.conv_transpose2d(v, ones, stride=step.stride, padding=step.padding, dilation=step.dilation,
+                             output_padding=tuple(extra) if fits else 0)
+    return out if fits else F.pad(out, (0, extra[1], 0, extra[0]))
+
+
+def bias_layers(module: nn.Module) -> list[str]:
+    """Names of the layers that add a bias (conv/linear bias, BatchNorm shift)."""
+    names = []
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m.bias is not None:
+            names.append(f"{name} ({type(m).__name__})")
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            names.append(f"{name} ({type(m).__name__})")
+    return names
+
+
+def _chain(model, calls) -> tuple[list[_Step], dict[int, torch.Tensor], dict[int, str]]:
+    """The scaling chain (conv and pool steps) and the channel-averaged ReLU maps after each conv step."""
+    steps: list[_Step] = []
+    averages: dict[int, torch.Tensor] = {}
+    names: dict[int, str] = {}
+    last_conv = False
+    for call in calls:
+        module = call.module
+        if next(module.children(), None) is not None:
+            continue
+        if not is_spatial(call.output):
+            break
+        if isinstance(module, nn.Conv2d):
+            steps.append(_step(call.name, module, call.input.shape[2:]))
+            last_conv = True
+        elif isinstance(module, _POOLS):
+            steps.append(_step(call.name, module, call.input.shape[2:]))
+            last_conv = False
+        elif isinstance(module, nn.ReLU) and last_conv:
+            averages[len(steps)] = call.output.mean(dim=1, keepdim=True)
+            names[len(steps)] = call.name
+        elif not isinstance(module, _SIZE_PRESERVING) and call.input is not None \
+                and call.input.shape[2:] != call.output.shape[2:]:
+            raise ModelRequirementError(
+                f"visual-backprop scales maps back through Conv2d and MaxPool2d/AvgPool2d layers only; layer "
+                f"{call.name!r} ({type(module).__name__}) of {model_label(model)} changes the spatial size")
+    if not averages:
+        raise ModelRequirementError(f"{model_label(model)} has no nn.Conv2d layer followed by an nn.ReLU module; "
+                                    f"visual-backprop averages the feature maps of ReLU convolutional layers")
+    return steps, averages, names
+
+
+def visual_backprop(model, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """VisualBackProp maps (N, 1, H, W) of a batch and the names of the averaged ReLU layers."""
+    calls, _ = trace(model, x)
+    steps, averages, names = _chain(model, calls)
+    deepest = max(averages)
+    v = averages[deepest]
+    for position in range(deepest, 0, -1):
+        v = unity_deconv(v, steps[position - 1])
+        if position - 1 in averages:
+            v = v * averages[position - 1]
+    return v, [names[p] for p in sorted(names)]
+
+
+class VisualBackProp(Method):
+    name = "visual-backprop"
+    box = "white"
+    kind = "additive"
+    scope = "local"
+    input_kinds = ("image",)
+    requires = ("conv", "relu", "no bias")
+    summary = ("product of channel-averaged ReLU conv maps scaled up by unity deconvolutions "
+               "(Bojarski et al. 2017, VisualBackProp)")
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        batch_size: int = param(256, "samples per forward pass", low=1)
+
+    def check_model(self, model):
+        super().check_model(model)
+        if not any(isinstance(m, nn.Conv2d) for m in model.module.modules()):
+            raise ModelRequirementError(f"{model_label(model)} has no nn.Conv2d layer; visual-backprop explains "
+                                        f"convolutional networks")
+        biased = bias_layers(model.module)
+        if biased:
+            warnings.warn(f"visual-backprop is designed for ReLU CNNs without biases; {model_label(model)} has "
+                          f"biases in {', '.join(biased[:6])}{', ...' if len(biased) > 6 else ''}: "
+                          f"the map may show the biases' pattern rather than the input's", stacklevel=2)
+
+    def attribute(self, model, x, targets, seed):
+        maps, layers = [], []
+        for start in range(0, x.shape[0], self.params.batch_size):
+            chunk_maps, layers = visual_backprop(model, x[start:start + self.params.batch_size])
+            maps.append(chunk_maps)
+        return torch.cat(maps), {"layers": layers}
+
+
+@hookimpl
+def salfw_register_methods(register):
+    register(VisualBackProp)
