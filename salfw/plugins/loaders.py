@@ -127,7 +127,11 @@ class PythonLoader(ModelLoader):
         obj = factory()
         if isinstance(obj, torch.nn.Module):
             if weights:
-                obj.load_state_dict(load_weights(weights))
+                try:
+                    obj.load_state_dict(load_weights(weights))
+                except RuntimeError as exc:
+                    raise ModelError(f"weights {weights} do not fit {module_name}:{attr}: "
+                                     f"{' '.join(str(exc).split())}") from None
             return _white_box(obj, options)
         if weights:
             raise ModelError(f"{module_name}:{attr} returned a {type(obj).__name__}, not an nn.Module; "
