@@ -1,0 +1,258 @@
+"""Helpers shared by the black-box perturbation family (LIME, KernelSHAP, occlusion,
+RISE, prediction difference): segmentation into superpixels, hiding superpixels
+with a perturbation, coalition sampling and a weighted ridge solver.
+
+Segmentation follows ``lime.wrappers.scikit_image.SegmentationAlgorithm``
+(quickshift with lime's defaults kernel_size=4, max_dist=200, ratio=0.2; SLIC;
+Felzenszwalb) plus a regular grid, and the GeoSal thesis's change to LIME: a
+**maximum superpixel size** -- a superpixel with more pixels than that is cut
+along a regular grid of cells of at most that many pixels, down to single
+pixels (``max_size=1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from salfw.core.api import make_perturbation
+from salfw.core.contracts import Perturbation
+from salfw.core.errors import ParameterError
+from salfw.core.params import param
+
+SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb", "grid")
+SUPERPIXEL_MEAN = "superpixel-mean"
+
+
+def _grid_labels(h: int, w: int, cell: int) -> np.ndarray:
+    rows = np.arange(h) // cell
+    cols = np.arange(w) // cell
+    return rows[:, None] * (-(-w // cell)) + cols[None, :]
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Consecutive labels 0..M-1, ordered by first appearance in raster order."""
+    flat = labels.reshape(-1)
+    _, first, inverse = np.unique(flat, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inverse].reshape(labels.shape).astype(np.int64)
+
+
+def limit_size(labels: np.ndarray, max_size: int) -> np.ndarray:
+    """Split every superpixel with more than ``max_size`` pixels along a grid of
+    square cells of side ``floor(sqrt(max_size))`` (so each piece has at most
+    ``max_size`` pixels); ``max_size=1`` gives single pixels (GeoSal thesis)."""
+    labels = _relabel(labels)
+    sizes = np.bincount(labels.reshape(-1))
+    large = sizes[labels] > max_size
+    if not large.any():
+        return labels
+    cell = max(1, int(math.isqrt(int(max_size))))
+    grid = _grid_labels(*labels.shape, cell)
+    n_cells = int(grid.max()) + 1
+    combined = np.where(large, sizes.shape[0] + labels * n_cells + grid, labels)
+    return _relabel(combined)
+
+
+def segment(image: torch.Tensor, method: str, *, kernel_size: float = 4.0, max_dist: float = 200.0,
+            ratio: float = 0.2, n_segments: int = 50, compactness: float = 10.0, scale: float = 100.0,
+            sigma: float = 0.5, min_size: int = 10, cell: int = 4, max_size: int | None = None,
+            input_range: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> np.ndarray:
+    """Superpixel labels (H, W), consecutive from 0, for one image (C, H, W).
+
+    ``quickshift`` (``kernel_size``, ``max_dist``, ``ratio``; lime's defaults), ``slic``
+    (``n_segments``, ``compactness``, ``sigma``), ``felzenszwalb`` (``scale``, ``sigma``,
+    ``min_size``) from scikit-image, or ``grid`` (square cells of side ``cell``). Like lime,
+    a grey image is repeated to RGB and quickshift converts RGB to Lab; the image is
+    scaled from ``input_range`` to [0, 1] first. ``max_size`` then splits large superpixels.
+    """
+    if method not in SEGMENTATIONS:
+        raise ParameterError(f"segmentation must be one of {', '.join(SEGMENTATIONS)}; got {method!r}")
+    c, h, w = image.shape
+    if method == "grid":
+        labels = _grid_labels(h, w, int(cell))
+    else:
+        from skimage import segmentation as seg
+
+        lo, hi = input_range
+        img = ((image.detach().cpu().double() - lo) / (hi - lo)).clamp(0, 1).permute(1, 2, 0).numpy()
+        if c == 1:
+            img = np.repeat(img, 3, axis=2)
+        rgb = img.shape[2] == 3
+        if method == "quickshift":
+            labels = seg.quickshift(img, kernel_size=kernel_size, max_dist=max_dist, ratio=ratio,
+                                    convert2lab=rgb, rng=seed)
+        elif method == "slic":
+            labels = seg.slic(img, n_segments=int(n_segments), compactness=compactness, sigma=sigma,
+                              start_label=0, channel_axis=-1)
+        else:
+            labels = seg.felzenszwalb(img, scale=scale, sigma=sigma, min_size=int(min_size), channel_axis=-1)
+    labels = _relabel(np.asarray(labels))
+    return limit_size(labels, int(max_size)) if max_size is not None else labels
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationParams:
+    """The superpixel parameters LIME and KernelSHAP share (images only)."""
+
+    segmentation: str = param("quickshift", "superpixels (images): lime's quickshift, slic, "
+                              "felzenszwalb or a regular grid", choices=SEGMENTATIONS)
+    kernel_size: float = param(4.0, "quickshift kernel_size (lime's default)", low=0.0)
+    max_dist: float = param(200.0, "quickshift max_dist (lime's default)", low=0.0)
+    ratio: float = param(0.2, "quickshift ratio between colour and space (lime's default)", low=0.0, high=1.0)
+    n_segments: int = param(100, "slic: approximate number of superpixels (skimage default)", low=1)
+    compactness: float = param(10.0, "slic compactness (skimage default)", low=0.0)
+    scale: float = param(1.0, "felzenszwalb scale (skimage default)", low=0.0)
+    sigma: float = param(0.8, "felzenszwalb pre-smoothing (skimage default)", low=0.0)
+    min_size: int = param(20, "felzenszwalb minimum superpixel size (skimage default)", low=1)
+    cell: int = param(4, "grid cell side in pixels", low=1)
+    max_superpixel_size: int | None = param(None, "split superpixels larger than this many pixels into grid "
+                                            "cells (GeoSal thesis; 1 = single pixels)", low=1)
+
+
+def segment_with(params: SegmentationParams, image: torch.Tensor, input_range: tuple[float, float],
+                 seed: int) -> np.ndarray:
+    """:func:`segment` with the settings of a :class:`SegmentationParams`."""
+    return segment(image, params.segmentation, kernel_size=params.kernel_size, max_dist=params.max_dist,
+                   ratio=params.ratio, n_segments=params.n_segments, compactness=params.compactness,
+                   scale=params.scale, sigma=params.sigma, min_size=params.min_size, cell=params.cell,
+                   max_size=params.max_superpixel_size, input_range=input_range, seed=seed)
+
+
+def _starts(size: int, k: int, s: int, device: torch.device) -> torch.Tensor:
+    """Window starts 0, s, 2s, ... as Captum places them: ceil((size - k) / s) + 1 positions,
+    the last one cut off at the border when the stride does not fit."""
+    return torch.arange(0, -(-(size - k) // s) * s + 1, s, device=device)
+
+
+def window_masks(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[int, ...],
+                 device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Masks (P, *shape) that are 1 inside each window position: (P, 1, H, W) for an image
+    shape (C, H, W), (P, D) for a vector shape (D,)."""
+    if len(shape) == 1:
+        (d,), (k,), (s,) = shape, window[-1:], stride[-1:]
+        if k > d:
+            raise ParameterError(f"occlusion window {k} is wider than the {d} features")
+        starts = _starts(d, k, s, device)
+        idx = torch.arange(d, device=device)
+        return ((idx[None] >= starts[:, None]) & (idx[None] < starts[:, None] + k)).to(dtype)
+    _, h, w = shape
+    kh, kw = (window * 2)[:2] if len(window) == 1 else window[-2:]
+    sh, sw = (stride * 2)[:2] if len(stride) == 1 else stride[-2:]
+    if kh > h or kw > w:
+        raise ParameterError(f"occlusion window {kh}x{kw} is larger than the {h}x{w} image")
+    rows = torch.arange(h, device=device)
+    cols = torch.arange(w, device=device)
+    r0 = _starts(h, kh, sh, device)
+    c0 = _starts(w, kw, sw, device)
+    in_r = (rows[None] >= r0[:, None]) & (rows[None] < r0[:, None] + kh)  # (Pr, H)
+    in_c = (cols[None] >= c0[:, None]) & (cols[None] < c0[:, None] + kw)  # (Pc, W)
+    masks = in_r[:, None, :, None] & in_c[None, :, None, :]  # (Pr, Pc, H, W)
+    return masks.reshape(-1, 1, h, w).to(dtype)
+
+
+def resolve_perturbation(name: str, params: Any) -> Perturbation | str:
+    """A registered perturbation by name (with its parameters from a dict), or the
+    special ``superpixel-mean`` fill (each hidden superpixel takes its own mean, lime's
+    default ``hide_color=None``)."""
+    if params is not None and not isinstance(params, dict):
+        raise ParameterError(f"perturbation_params must be a dict of the perturbation's parameters, "
+                             f"got {type(params).__name__}")
+    if name == SUPERPIXEL_MEAN:
+        if params:
+            raise ParameterError(f"perturbation '{SUPERPIXEL_MEAN}' takes no parameters, got {params}")
+        return SUPERPIXEL_MEAN
+    return make_perturbation(name, **(params or {}))
+
+
+def superpixel_mean(image: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
+    """(C, H, W): every pixel replaced by its superpixel's per-channel mean."""
+    c = image.shape[0]
+    flat = labels.reshape(-1)
+    sums = torch.zeros(c, count, dtype=image.dtype, device=image.device)
+    sums.index_add_(1, flat, image.reshape(c, -1))
+    sizes = torch.bincount(flat, minlength=count).to(image.dtype)
+    return (sums / sizes)[:, flat].reshape(image.shape)
+
+
+class Hider:
+    """Builds perturbed copies of one input from binary feature vectors z (S, M):
+    where ``z[s, labels] == 0`` the input takes the fill.
+
+    ``labels`` maps each input element to its feature: (H, W) superpixels for an
+    image, (D,) for a vector (features may group several entries). ``fill`` is a
+    registered perturbation, ``superpixel-mean`` (each superpixel's own mean) or a
+    tensor shaped like the input (a baseline).
+    """
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor, fill: Perturbation | str | torch.Tensor,
+                 input_range: tuple[float, float], generator: torch.Generator | None):
+        self.x = x
+        self.labels = labels.to(x.device)
+        self.count = int(labels.max()) + 1
+        self.perturbation = fill if isinstance(fill, Perturbation) else None
+        self.input_range = input_range
+        self.generator = generator
+        if isinstance(fill, torch.Tensor):
+            self.fill = fill.to(device=x.device, dtype=x.dtype)
+        else:
+            self.fill = superpixel_mean(x, self.labels, self.count) if fill == SUPERPIXEL_MEAN else None
+
+    def keep(self, z: torch.Tensor) -> torch.Tensor:
+        """Keep-masks (S, 1, H, W) or (S, D) from z (S, M)."""
+        z = z.to(device=self.x.device, dtype=self.x.dtype)
+        keep = z[:, self.labels]
+        return keep[:, None] if self.x.dim() == 3 else keep
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        keep = self.keep(z)
+        x = self.x[None]
+        if self.fill is not None:
+            return x * keep + self.fill[None] * (1 - keep)
+        return self.perturbation.apply(x.expand(keep.shape[0], *self.x.shape), keep, self.input_range,
+                                       self.generator)
+
+
+def target_values(model, inputs: torch.Tensor, targets: torch.Tensor, output: str,
+                  batch_size: int) -> torch.Tensor:
+    """Scores or probabilities (S, len(targets)) of the given classes for a batch of inputs."""
+    scores = model.scores(inputs, batch_size)
+    values = model.to_probabilities(scores) if output == "probabilities" else scores
+    return values[:, targets.to(values.device)]
+
+
+def evaluate_coalitions(model, hider: Hider, z: torch.Tensor, targets: torch.Tensor, output: str,
+                        batch_size: int) -> torch.Tensor:
+    """Model outputs (S, T) for the perturbed inputs of coalitions z (S, M), built and
+    evaluated chunk by chunk so memory stays bounded by ``batch_size`` inputs."""
+    parts = [target_values(model, hider(z[i:i + batch_size]), targets, output, batch_size)
+             for i in range(0, z.shape[0], batch_size)]
+    return torch.cat(parts)
+
+
+def weighted_ridge(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted ridge regression with intercept, as ``sklearn.linear_model.Ridge(alpha)
+    .fit(X, Y, sample_weight=weights)``: centre X and Y by their weighted means and
+    solve ``(Xc' W Xc + alpha I) b = Xc' W Yc``. Y is (S, T); returns coefficients
+    (T, M), intercepts (T,) and the weighted R^2 (T,) as ``Ridge.score`` gives it."""
+    X = X.astype(np.float64)
+    Y = Y.astype(np.float64)
+    w = weights.astype(np.float64)
+    total = w.sum()
+    x_mean = w @ X / total
+    y_mean = w @ Y / total
+    Xc = X - x_mean
+    Yc = Y - y_mean
+    gram = Xc.T @ (Xc * w[:, None]) + alpha * np.eye(X.shape[1])
+    coef = np.linalg.solve(gram, Xc.T @ (Yc * w[:, None])).T
+    intercept = y_mean - coef @ x_mean
+    residual = Y - (X @ coef.T + intercept)
+    ss_res = w @ residual ** 2
+    ss_tot = w @ (Y - y_mean) ** 2
+    score = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+    return coef, intercept, score

@@ -1,0 +1,238 @@
+"""LIME (Ribeiro, Singh & Guestrin 2016, "Why should I trust you?"): fit a weighted
+linear surrogate g(z) = w . z + b to the model's outputs on perturbed copies of
+the input, where z in {0, 1}^M says which interpretable features are kept.
+
+Images (as ``lime.lime_image.LimeImageExplainer``): features are superpixels
+(quickshift with lime's defaults kernel_size=4, max_dist=200, ratio=0.2; SLIC;
+Felzenszwalb; or a regular grid), optionally cut to at most
+``max_superpixel_size`` pixels (the GeoSal thesis's change, down to single
+pixels). Sample 0 keeps everything; the others switch each superpixel off with
+probability 1/2 (lime's ``randint(0, 2)``), and at most ``max_off_fraction`` of the
+superpixels per sample (the thesis's "change fraction": when a draw switches off
+more, the excess is switched back on at random). Hidden superpixels take a
+perturbation's fill (``black``, ``white``, ``inverse`` -- the thesis's best on MNIST
+--, ``blur``, noise, ...) or ``superpixel-mean``: each its own mean colour, lime's
+default ``hide_color=None``. The weights are lime's kernel
+``pi(z) = sqrt(exp(-d(z, 1)^2 / width^2))`` on the cosine distance to the
+all-kept vector (width 0.25, lime's image default), and the surrogate is
+``Ridge(alpha=1)`` fit with those sample weights (lime's default regressor; with
+lime's default ``num_features=100000`` every superpixel is kept, so its feature
+selection changes nothing). The attributions are a continuous per-pixel heatmap:
+each pixel gets its superpixel's weight for the target, (N, 1, H, W). ``meta``
+holds, per sample, the segmentation, the weights, intercept and R^2 score for each
+explained label (the target and the ``top_labels`` predicted ones, all fit to the
+same samples), and the evidence-for / evidence-against masks (the
+``mask_features`` superpixels with the largest |weight|, positive or negative, as
+lime's ``get_image_and_mask(num_features=5)``).
+
+Vectors (as ``LimeTabularExplainer`` with ``sample_around_instance=False``):
+samples are drawn from ``N(mean, std^2)`` of ``training_data`` per feature (sample 0 is
+the input), scaled to ``(v - mean) / std``, weighted by
+``sqrt(exp(-d^2 / width^2))`` on the Euclidean distance of the scaled sample to the
+scaled input (width ``0.75 sqrt(D)``), and the surrogate is fit on the scaled
+samples; the attributions are its coefficients. Without training data the
+statistics of the uniform distribution over the input range are used. With
+``discretize=True`` features are cut at the training quartiles (lime's default
+``QuartileDiscretizer``): each sample draws a quartile bin per feature with the
+training frequencies and takes a training value from that bin (lime draws from a
+truncated normal in the bin instead), and the surrogate is fit on "same bin as
+the input" indicators. Local explanation; ``top_labels`` makes it comparative
+across classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import torch
+
+from salfw.core.contracts import Method
+from salfw.core.errors import ParameterError
+from salfw.core.hookspecs import hookimpl
+from salfw.core.params import param
+from salfw.plugins._superpixels import (SUPERPIXEL_MEAN, Hider, SegmentationParams, resolve_perturbation,
+                                        segment_with, target_values, weighted_ridge)
+
+
+def sample_coalitions(rng: np.random.Generator, num_samples: int, features: int,
+                      max_off_fraction: float) -> np.ndarray:
+    """Binary samples (S, M): row 0 all ones, the others Bernoulli(1/2) per feature with at
+    most ``floor(max_off_fraction * M)`` zeros (excess zeros switched back at random)."""
+    z = rng.integers(0, 2, size=(num_samples, features))
+    z[0] = 1
+    cap = int(math.floor(max_off_fraction * features + 1e-9))
+    if cap < features:
+        priority = rng.random((num_samples, features))
+        priority[z == 1] = np.inf  # only switched-off features compete for the cap
+        rank = np.argsort(np.argsort(priority, axis=1), axis=1)
+        z[(z == 0) & (rank >= cap)] = 1
+    return z
+
+
+def lime_kernel(distances: np.ndarray, width: float) -> np.ndarray:
+    """lime's default kernel ``sqrt(exp(-d^2 / width^2))``."""
+    return np.sqrt(np.exp(-(distances ** 2) / width ** 2))
+
+
+def cosine_to_ones(z: np.ndarray) -> np.ndarray:
+    """Cosine distance of each row of z to the all-ones vector (1 for an all-zero row,
+    as ``sklearn.metrics.pairwise_distances(metric="cosine")``)."""
+    norms = np.sqrt((z ** 2).sum(1)) * math.sqrt(z.shape[1])
+    sim = np.where(norms > 0, z.sum(1) / np.where(norms > 0, norms, 1), 0.0)
+    return np.clip(1 - sim, 0, 2)
+
+
+class Lime(Method):
+    name = "lime"
+    box = "black"
+    kind = "additive"
+    summary = "weighted linear surrogate over superpixels or features (Ribeiro et al. 2016)"
+    scope = "local"
+    random = True
+    test_params = {"segmentation": "grid", "cell": 2, "num_samples": 64}
+
+    @dataclasses.dataclass(frozen=True)
+    class Params(SegmentationParams):
+        perturbation: str = param(SUPERPIXEL_MEAN, "how hidden superpixels are filled: a registered "
+                                  "perturbation (black, white, inverse, blur, ...) or superpixel-mean "
+                                  "(lime's default hide_color=None)")
+        perturbation_params: object = param(None, "dict of the perturbation's parameters, e.g. {'sigma': 2}")
+        num_samples: int = param(1000, "perturbed samples (lime's default 1000)", low=2)
+        max_off_fraction: float = param(1.0, "largest fraction of features switched off in one sample "
+                                        "(GeoSal thesis's change fraction; 1 = lime)", low=0.0, high=1.0)
+        kernel_width: float | None = param(None, "kernel width; None: 0.25 for images (lime_image), "
+                                           "0.75 sqrt(D) for vectors (lime_tabular)", low=0.0)
+        distance: str = param("cosine", "distance of a sample to the input for images (lime's cosine)",
+                              choices=("cosine", "euclidean"))
+        alpha: float = param(1.0, "ridge penalty of the surrogate (lime's Ridge(alpha=1))", low=0.0)
+        top_labels: int | None = param(None, "also explain the k most probable labels from the same samples",
+                                       low=1)
+        mask_features: int = param(5, "superpixels in the evidence masks, by |weight| "
+                                   "(lime's get_image_and_mask default)", low=1)
+        output: str = param("probabilities", "model output the surrogate fits (lime: probabilities)",
+                            choices=("probabilities", "scores"))
+        training_data: object = param(None, "vectors: training array (M, D) for the sampling statistics")
+        discretize: bool = param(False, "vectors: quartile-discretise features (lime_tabular's discretizer)")
+        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+
+    # -- shared ---------------------------------------------------------------------
+    def _classes(self, model, x1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.params.top_labels is None:
+            return target
+        probs = model.probabilities(x1)[0]
+        top = torch.argsort(probs, descending=True)[: self.params.top_labels].to(target.device)
+        return torch.cat([target, top[top != target[0]]])
+
+    def attribute(self, model, x, targets, seed):
+        if x.dim() == 4:
+            return self._images(model, x, targets, seed)
+        return self._vectors(model, x, targets, seed)
+
+    # -- images ---------------------------------------------------------------------
+    def _images(self, model, x, targets, seed):
+        p = self.params
+        perturbation = resolve_perturbation(p.perturbation, p.perturbation_params)
+        width = 0.25 if p.kernel_width is None else p.kernel_width
+        out = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device)
+        meta = {k: [] for k in ("segments", "labels", "weights", "intercept", "score",
+                                "evidence_for", "evidence_against")}
+        for n in range(x.shape[0]):  # segmentations differ per image; each image's samples are batched
+            labels = segment_with(p, x[n], model.input_range, seed)
+            m = int(labels.max()) + 1
+            rng = np.random.default_rng(seed)
+            z = sample_coalitions(rng, p.num_samples, m, p.max_off_fraction)
+            generator = torch.Generator(device=x.device).manual_seed(seed)
+            labels_t = torch.from_numpy(labels).to(x.device)
+            hider = Hider(x[n], labels_t, perturbation, model.input_range, generator)
+            classes = self._classes(model, x[n:n + 1], targets[n:n + 1])
+            values = torch.cat([target_values(model, hider(torch.from_numpy(z[i:i + p.batch_size])), classes,
+                                              p.output, p.batch_size)
+                                for i in range(0, p.num_samples, p.batch_size)])
+            if p.distance == "cosine":
+                d = cosine_to_ones(z.astype(np.float64))
+            else:
+                d = np.sqrt(((1 - z) ** 2).sum(1))
+            coef, intercept, score = weighted_ridge(z, values.double().cpu().numpy(), lime_kernel(d, width),
+                                                    p.alpha)
+            w_t = torch.from_numpy(coef[0]).to(device=x.device, dtype=x.dtype)
+            out[n, 0] = w_t[labels_t]
+            order = np.argsort(-np.abs(coef[0]), kind="stable")[: p.mask_features]
+            top = np.zeros(m, dtype=bool)
+            top[order] = True
+            meta["segments"].append(labels_t.cpu())
+            meta["labels"].append(classes.tolist())
+            meta["weights"].append(coef)
+            meta["intercept"].append(intercept)
+            meta["score"].append(score)
+            meta["evidence_for"].append(torch.from_numpy((top & (coef[0] > 0))[labels]))
+            meta["evidence_against"].append(torch.from_numpy((top & (coef[0] < 0))[labels]))
+        meta["evidence_for"] = torch.stack(meta["evidence_for"])
+        meta["evidence_against"] = torch.stack(meta["evidence_against"])
+        return out, meta
+
+    # -- vectors --------------------------------------------------------------------
+    def _statistics(self, model, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        data = self.params.training_data
+        if data is None:
+            lo, hi = model.input_range
+            return np.full(d, (lo + hi) / 2), np.full(d, (hi - lo) / math.sqrt(12)), None
+        data = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
+        if data.ndim != 2 or data.shape[1] != d or data.shape[0] < 2:
+            raise ParameterError(f"training_data must be an array (M >= 2, D={d}) of training vectors, "
+                                 f"got shape {data.shape}")
+        std = data.std(0)
+        return data.mean(0), np.where(std > 0, std, 1.0), data
+
+    def _vectors(self, model, x, targets, seed):
+        p = self.params
+        d = x.shape[1]
+        mean, std, data = self._statistics(model, d)
+        width = 0.75 * math.sqrt(d) if p.kernel_width is None else p.kernel_width
+        if p.discretize and data is None:
+            raise ParameterError("lime's discretize=True needs training_data (M, D) for the quartiles")
+        out = torch.zeros_like(x)
+        meta = {k: [] for k in ("labels", "weights", "intercept", "score")}
+        for n in range(x.shape[0]):  # each sample's perturbations are batched
+            rng = np.random.default_rng(seed)
+            row = x[n].double().cpu().numpy()
+            if p.discretize:
+                samples, features = self._discretized(rng, row, data)
+                dist = np.sqrt(((features - features[0]) ** 2).sum(1))
+            else:
+                samples = rng.standard_normal((p.num_samples, d)) * std + mean
+                samples[0] = row
+                features = (samples - mean) / std
+                dist = np.sqrt(((features - features[0]) ** 2).sum(1))
+            classes = self._classes(model, x[n:n + 1], targets[n:n + 1])
+            inputs = torch.from_numpy(samples).to(device=x.device, dtype=x.dtype)
+            values = target_values(model, inputs, classes, p.output, p.batch_size)
+            coef, intercept, score = weighted_ridge(features, values.double().cpu().numpy(),
+                                                    lime_kernel(dist, width), p.alpha)
+            out[n] = torch.from_numpy(coef[0]).to(device=x.device, dtype=x.dtype)
+            meta["labels"].append(classes.tolist())
+            meta["weights"].append(coef)
+            meta["intercept"].append(intercept)
+            meta["score"].append(score)
+        return out, meta
+
+    def _discretized(self, rng, row: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Samples drawn bin by bin (training quartiles) and their "same bin as the input" indicators."""
+        s = self.params.num_samples
+        cuts = np.quantile(data, [0.25, 0.5, 0.75], axis=0)  # (3, D)
+        bins = np.stack([np.searchsorted(cuts[:, j], data[:, j], side="left") for j in range(data.shape[1])], 1)
+        row_bins = np.array([np.searchsorted(cuts[:, j], row[j], side="left") for j in range(row.shape[0])])
+        # a training row per (sample, feature): its value is the feature's draw, its bin the draw's bin
+        picks = rng.integers(0, data.shape[0], size=(s, data.shape[1]))
+        cols = np.arange(data.shape[1])[None]
+        samples = data[picks, cols]
+        sample_bins = bins[picks, cols]
+        samples[0] = row
+        sample_bins[0] = row_bins
+        return samples, (sample_bins == row_bins[None]).astype(np.float64)
+
+
+@hookimpl
+def salfw_register_methods(register):
+    register(Lime)

@@ -1,0 +1,83 @@
+"""Occlusion (Zeiler & Fergus 2014, "Visualizing and understanding convolutional
+networks"): slide a window over the input, "delete" what it covers with a
+perturbation, and record how much the target's output drops:
+
+    A(x)_i = mean over windows W containing i of [ f_c(x) - f_c(x with W perturbed) ]
+
+as Captum's ``Occlusion`` computes it (each pixel's sum over the windows that
+cover it divided by their count). The window
+covers all channels. Windows start at 0 and step by ``stride``; as in Captum there are
+``ceil((size - window) / stride) + 1`` positions per axis, the last one cut at the
+border, so every pixel is covered. ``f_c`` is the target's raw score (logit) by default, as in Captum;
+``output="probabilities"`` uses the softmax probability, as in the paper's
+figures. The default fill is ``black`` (the low end of the input range; Captum's
+default baseline 0 is black for [0, 1] images; the paper uses a grey square:
+``perturbation="constant", perturbation_params={"value": 0.5}``).
+
+Vectors: the window slides over the features (its last entry gives the width,
+likewise for ``stride``). All window positions of a sample are stacked and
+evaluated in chunks of ``batch_size``. Local explanation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from salfw.core.contracts import Method
+from salfw.core.errors import ParameterError
+from salfw.core.hookspecs import hookimpl
+from salfw.core.params import param
+from salfw.plugins._superpixels import SUPERPIXEL_MEAN, resolve_perturbation, target_values, window_masks
+
+
+class Occlusion(Method):
+    name = "occlusion"
+    box = "black"
+    kind = "additive"
+    summary = "drop of the target score when a sliding window is occluded (Zeiler & Fergus 2014)"
+    scope = "local"
+    random = False
+    test_params = {"window": (3, 3), "stride": (2, 2)}
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        window: tuple[int, ...] = param((4, 4), "window (height, width) for images, one int for a square; "
+                                        "vectors use the last entry as the feature window", low=1)
+        stride: tuple[int, ...] = param((2, 2), "step between windows (rows, cols); vectors use the last entry",
+                                        low=1)
+        perturbation: str = param("black", "how the window is deleted: a registered perturbation "
+                                  "(black = Captum's baseline 0 on [0, 1] images)")
+        perturbation_params: object = param(None, "dict of the perturbation's parameters, e.g. {'sigma': 2}")
+        output: str = param("scores", "explain raw scores (Captum) or softmax probabilities",
+                            choices=("scores", "probabilities"))
+        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+
+    def attribute(self, model, x, targets, seed):
+        p = self.params
+        if p.perturbation == SUPERPIXEL_MEAN:
+            raise ParameterError("occlusion takes a registered perturbation; 'superpixel-mean' needs "
+                                 "superpixels (lime, kernel-shap)")
+        perturbation = resolve_perturbation(p.perturbation, p.perturbation_params)
+        masks = window_masks(tuple(x.shape[1:]), p.window, p.stride, x.device, x.dtype)
+        coverage = masks.sum(0)
+        out = torch.zeros_like(x)
+        for n in range(x.shape[0]):  # each sample: all its windows are batched
+            generator = torch.Generator(device=x.device).manual_seed(seed)  # same fills alone or in a batch
+            target = targets[n:n + 1]
+            base = target_values(model, x[n:n + 1], target, p.output, p.batch_size)[0, 0]
+            total = torch.zeros_like(x[0])
+            for i in range(0, masks.shape[0], p.batch_size):
+                keep = 1 - masks[i:i + p.batch_size]
+                perturbed = perturbation.apply(x[n:n + 1].expand(keep.shape[0], *x.shape[1:]), keep,
+                                               model.input_range, generator)
+                drop = base - target_values(model, perturbed, target, p.output, p.batch_size)[:, 0]
+                total += (drop.to(x.dtype).view(-1, *[1] * (x.dim() - 1)) * masks[i:i + p.batch_size]).sum(0)
+            out[n] = total / coverage
+        return out
+
+
+@hookimpl
+def salfw_register_methods(register):
+    register(Occlusion)
