@@ -99,9 +99,9 @@ def bias_layers(module: nn.Module) -> list[str]:
     names = []
     for name, m in module.named_modules():
         if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m.bias is not None:
-            names.append(f"{name} ({type(m).__name__})")
+            names.append(f"'{name}' ({type(m).__name__})")
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            names.append(f"{name} ({type(m).__name__})")
+            names.append(f"'{name}' ({type(m).__name__})")
     return names
 
 
