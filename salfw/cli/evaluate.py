@@ -1,0 +1,68 @@
+"""``salfw evaluate --methods a,b --metrics x,y``: run methods x metrics over held-out samples and
+write results.csv, results.json, results.md and curve plots (see :mod:`salfw.evaluation.harness`)."""
+
+from __future__ import annotations
+
+import click
+
+from salfw.core.api import methods as registered_methods, metrics as registered_metrics
+from salfw.core.errors import ParameterError
+
+from .common import DEFAULT_MODEL, model_from_spec, parse_sets
+
+
+def _names(value: str | None, known: dict, what: str) -> list[str]:
+    if value is None or value == "all":
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ParameterError(f"unknown {what} {', '.join(unknown)}; available: {', '.join(known)}")
+    return names
+
+
+def _scoped(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``("lime.num_samples=200",)`` -> ``{"lime": {"num_samples": "200"}}``."""
+    out: dict[str, dict[str, str]] = {}
+    for key, value in parse_sets(pairs).items():
+        name, dot, field = key.partition(".")
+        if not dot or not field:
+            raise ParameterError(f"--set for evaluate takes NAME.key=value (a method or metric name), got {key!r}")
+        out.setdefault(name, {})[field] = value
+    return out
+
+
+@click.command("evaluate")
+@click.option("--methods", "method_names", default=None, help="comma-separated methods (default: all)")
+@click.option("--metrics", "metric_names", default=None, help="comma-separated metrics (default: all)")
+@click.option("--samples", type=int, default=200, show_default=True, help="held-out inputs to score")
+@click.option("--model", "model_specs", multiple=True,
+              help=f"model spec, repeatable (default {DEFAULT_MODEL})")
+@click.option("--data", default="mnist", show_default=True,
+              help="'mnist' (held-out digits 8000+, or the shipped samples) or a .npy batch in the input range")
+@click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE",
+              help="a method or metric parameter, e.g. lime.num_samples=200 or morf.steps=20; repeatable")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--reexplain-samples", type=int, default=50, show_default=True,
+              help="inputs scored by metrics that re-run the method (randomization, max-sensitivity)")
+@click.option("--out", default="salfw-eval", show_default=True, help="output directory")
+def evaluate_command(method_names, metric_names, samples, model_specs, data, sets, seed, reexplain_samples, out):
+    """Score methods x metrics on the same model and inputs; write a table and curve plots."""
+    from salfw.evaluation.harness import load_data, run_comparison, write_comparison
+
+    methods = _names(method_names, registered_methods(), "method(s)")
+    metrics = _names(metric_names, registered_metrics(), "metric(s)")
+    scoped = _scoped(sets)
+    stray = [k for k in scoped if k not in methods and k not in metrics]
+    if stray:
+        raise ParameterError(f"--set names {', '.join(stray)}, which is not among the chosen methods or metrics")
+    specs = model_specs or (DEFAULT_MODEL,)
+    models = {spec.split(":", 1)[-1]: model_from_spec(spec) for spec in specs}
+    x, _labels, description = load_data(data, samples)
+    click.echo(f"{len(methods)} methods x {len(metrics)} metrics on {description}", err=True)
+    result = run_comparison(models, methods, metrics, x, seed=seed,
+                            method_params={k: v for k, v in scoped.items() if k in methods},
+                            metric_params={k: v for k, v in scoped.items() if k in metrics},
+                            reexplain_samples=reexplain_samples)
+    for path in write_comparison(result, out):
+        click.echo(f"wrote {path}")
