@@ -19,7 +19,7 @@ all-kept vector (width 0.25, lime's image default), and the surrogate is
 lime's default ``num_features=100000`` every superpixel is kept, so its feature
 selection changes nothing). The attributions are a continuous per-pixel heatmap:
 each pixel gets its superpixel's weight for the target, (N, 1, H, W). ``meta``
-holds, per sample, the segmentation, the weights, intercept and R^2 score for each
+holds, per sample, the segmentation, the binary samples z, the weights, intercept and R^2 score for each
 explained label (the target and the ``top_labels`` predicted ones, all fit to the
 same samples), and the evidence-for / evidence-against masks (the
 ``mask_features`` superpixels with the largest |weight|, positive or negative, as
@@ -136,7 +136,7 @@ class Lime(Method):
         perturbation = resolve_perturbation(p.perturbation, p.perturbation_params)
         width = 0.25 if p.kernel_width is None else p.kernel_width
         out = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device)
-        meta = {k: [] for k in ("segments", "labels", "weights", "intercept", "score",
+        meta = {k: [] for k in ("segments", "samples", "labels", "weights", "intercept", "score",
                                 "evidence_for", "evidence_against")}
         for n in range(x.shape[0]):  # segmentations differ per image; each image's samples are batched
             labels = segment_with(p, x[n], model.input_range, seed)
@@ -162,6 +162,7 @@ class Lime(Method):
             top = np.zeros(m, dtype=bool)
             top[order] = True
             meta["segments"].append(labels_t.cpu())
+            meta["samples"].append(z.astype(np.int8))
             meta["labels"].append(classes.tolist())
             meta["weights"].append(coef)
             meta["intercept"].append(intercept)
