@@ -54,6 +54,7 @@ as chunks of ``batch_size`` path points, so memory is bounded by it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -68,20 +69,25 @@ from salfw.plugins.gradient import target_gradient
 RULES = ("gauss-legendre", "riemann-left", "riemann-right", "riemann-middle", "riemann-trapezoid")
 
 
+@functools.lru_cache(maxsize=32)
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nodes ``α_k`` in [0, 1] and weights ``w_k`` (summing to 1) of ``∫₀¹ g(α) dα ≈ Σ w_k g(α_k)``."""
+    """Nodes ``α_k`` in [0, 1] and weights ``w_k`` (summing to 1) of ``∫₀¹ g(α) dα ≈ Σ w_k g(α_k)``.
+
+    Cached (numpy's ``leggauss`` solves an eigenproblem of size ``steps``); the arrays are read-only.
+    """
     if rule == "gauss-legendre":
         nodes, weights = np.polynomial.legendre.leggauss(steps)
-        return 0.5 * (nodes + 1.0), 0.5 * weights
-    k = np.arange(steps, dtype=np.float64)
-    if rule == "riemann-trapezoid":
+        nodes, weights = 0.5 * (nodes + 1.0), 0.5 * weights
+    elif rule == "riemann-trapezoid":
         if steps < 2:
             raise ParameterError("rule 'riemann-trapezoid' needs steps >= 2 (both end points), got 1")
-        weights = np.full(steps, 1.0 / (steps - 1))
+        nodes, weights = np.arange(steps) / (steps - 1), np.full(steps, 1.0 / (steps - 1))
         weights[[0, -1]] /= 2
-        return k / (steps - 1), weights
-    offset = {"riemann-left": 0.0, "riemann-middle": 0.5, "riemann-right": 1.0}[rule]
-    return (k + offset) / steps, np.full(steps, 1.0 / steps)
+    else:
+        offset = {"riemann-left": 0.0, "riemann-middle": 0.5, "riemann-right": 1.0}[rule]
+        nodes, weights = (np.arange(steps) + offset) / steps, np.full(steps, 1.0 / steps)
+    nodes.flags.writeable = weights.flags.writeable = False
+    return nodes, weights
 
 
 def path_gradients(model, starts: torch.Tensor, x: torch.Tensor, targets: torch.Tensor, alphas: torch.Tensor,
@@ -173,7 +179,8 @@ class IntegratedGradients(Method):
 
     def __init__(self, params):
         super().__init__(params)
-        quadrature(params.rule, params.steps)  # rejects a trapezoid with one step now
+        if params.rule == "riemann-trapezoid" and params.steps < 2:
+            raise ParameterError("rule 'riemann-trapezoid' needs steps >= 2 (both end points), got 1")
         if params.baseline is None:
             raise ParameterError("baseline may not be None; give a perturbation name such as 'black' or a tensor")
 
@@ -181,8 +188,8 @@ class IntegratedGradients(Method):
         generator = torch.Generator().manual_seed(seed)
         baseline = make_baseline(self.params.baseline, model, x, generator)
         nodes, weights = quadrature(self.params.rule, self.params.steps)
-        alphas = torch.as_tensor(nodes, dtype=x.dtype, device=x.device)
-        weights = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
+        alphas = torch.tensor(nodes, dtype=x.dtype, device=x.device)
+        weights = torch.tensor(weights, dtype=x.dtype, device=x.device)
         size = self.params.batch_size
         total = path_gradients(model, baseline[None], x, targets, alphas, weights, size, times_difference=False)
         attributions = (x - baseline) * total
