@@ -9,7 +9,7 @@ from torch import nn
 import salfw
 from salfw.core.errors import ModelRequirementError
 from salfw.core.guard import model_fingerprint, same_fingerprint
-from salfw.plugins.guided_backprop import modified_relus
+from salfw.plugins.guided_backprop import deconvnet_relus, guided_relus
 
 
 def relu_mlp(seed, sizes=(5, 7, 6, 3), inplace=False):
@@ -114,11 +114,12 @@ def test_hooks_removed_when_the_pass_raises():
 
     net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), Boom())
     before = model_fingerprint(net)
-    with pytest.raises(RuntimeError, match="boom"):
-        with modified_relus(salfw.WhiteBox(net), "guided"):
-            net(torch.rand(1, 3))
-    assert not net[1]._forward_hooks and not net[1]._forward_pre_hooks
-    assert same_fingerprint(before, model_fingerprint(net))
+    for rule in (guided_relus, deconvnet_relus):
+        with pytest.raises(RuntimeError, match="boom"):
+            with rule(salfw.WhiteBox(net)):
+                net(torch.rand(1, 3))
+        assert not net[1]._forward_hooks and not net[1]._forward_pre_hooks
+        assert same_fingerprint(before, model_fingerprint(net))
 
 
 def test_model_unchanged_and_batch_equals_samples():

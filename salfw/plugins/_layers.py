@@ -102,12 +102,14 @@ def last_spatial_layer(model: WhiteBox, x: torch.Tensor) -> str:
 
 
 @contextlib.contextmanager
-def captured_output(layer: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
+def captured_output(layer: nn.Module, name: str, cut: bool = False) -> Iterator[list[torch.Tensor]]:
     """Forward hook that records ``layer``'s output on each call.
 
-    The layer's output is recorded and a clone is passed on to the rest of the
-    network, so an in-place operation downstream (``ReLU(inplace=True)``) cannot
-    overwrite the recorded activation.
+    A clone of the recorded activation is passed on to the rest of the network,
+    so an in-place operation downstream (``ReLU(inplace=True)``) cannot
+    overwrite it. With ``cut`` the recorded activation is a new leaf that
+    requires grad: gradients stop there, and the layers before it need not
+    record a graph (Grad-CAM only needs ``∂y/∂A``).
     """
     store: list[torch.Tensor] = []
 
@@ -115,8 +117,9 @@ def captured_output(layer: nn.Module, name: str) -> Iterator[list[torch.Tensor]]
         if not isinstance(output, torch.Tensor):
             raise ModelRequirementError(f"layer {name!r} ({type(module).__name__}) returns "
                                         f"{type(output).__name__}, not a tensor")
-        store.append(output)
-        return output.clone()
+        recorded = output.detach().requires_grad_(True) if cut else output
+        store.append(recorded)
+        return recorded.clone()
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -134,8 +137,8 @@ def layer_activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: t
     layer = resolve_layer(model, layer_name)
     acts, grads = [], []
     for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size].detach().requires_grad_(True)  # parameters are frozen by the guard
-        with captured_output(layer, layer_name) as store, torch.enable_grad():
+        chunk = x[start:start + batch_size]
+        with captured_output(layer, layer_name, cut=True) as store, torch.enable_grad():
             out = model.forward(chunk)
             if len(store) != 1:
                 raise ModelRequirementError(f"layer {layer_name!r} ({type(layer).__name__}) is called "

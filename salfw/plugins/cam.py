@@ -49,11 +49,10 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._layers import (INTERPOLATIONS, last_spatial_layer,
+from salfw.plugins._layers import (INTERPOLATIONS, captured_output, last_spatial_layer,
                                    layer_activations_and_gradients, model_label, resolve_layer, trace,
                                    upsample)
-from salfw.plugins.gradient import target_gradient
-from salfw.plugins.guided_backprop import modified_relus, relu_modules
+from salfw.plugins.guided_backprop import guided_relus, relu_modules
 
 GRADCAM_PLUS_PLUS_EPS = 1e-6  # pytorch-grad-cam's value
 
@@ -224,11 +223,32 @@ class GuidedGradCam(Method):
         relu_modules(model)
 
     def attribute(self, model, x, targets, seed):
+        """One forward pass per chunk, two backward passes over it: the ordinary gradient at the layer
+        (Grad-CAM), then the guided gradient at the input."""
         p = self.params
-        maps, name = grad_cam_maps(model, x, targets, p.layer, p.batch_size, relu=True)
-        with modified_relus(model, "guided"):
-            guided = target_gradient(model, x, targets, p.batch_size)
-        return guided * upsample(maps, x.shape[2:], p.interpolation), {"layer": name, "layer_map": maps.detach()}
+        name = _layer_name(model, x, p.layer)
+        layer = resolve_layer(model, name)
+        guided, maps = [], []
+        for start in range(0, x.shape[0], p.batch_size):
+            chunk = x[start:start + p.batch_size].detach().requires_grad_(True)
+            with captured_output(layer, name) as store, guided_relus(model) as switch, torch.enable_grad():
+                out = model.forward(chunk)
+                if len(store) != 1:
+                    raise ModelRequirementError(f"layer {name!r} ({type(layer).__name__}) is called {len(store)} "
+                                                f"times per forward pass; pick a layer called once")
+                (acts,) = store
+                _check_spatial(name, acts)
+                selected = out.gather(1, targets[start:start + p.batch_size, None].to(out.device)).sum()
+                switch.on = False
+                (grads,) = torch.autograd.grad(selected, acts, retain_graph=True)
+                switch.on = True
+                (guided_chunk,) = torch.autograd.grad(selected, chunk)
+            model.count_backward(2 * chunk.shape[0])
+            alpha = grads.mean(dim=(2, 3), keepdim=True)
+            maps.append((alpha * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0))
+            guided.append(guided_chunk)
+        maps = torch.cat(maps)
+        return torch.cat(guided) * upsample(maps, x.shape[2:], p.interpolation), {"layer": name, "layer_map": maps}
 
 
 @hookimpl

@@ -21,11 +21,12 @@ Only ``nn.ReLU`` *modules* can be found: a ReLU written as ``F.relu`` or
 ordinary gradient (Captum has the same limitation). A network with no
 ``nn.ReLU`` module at all is refused with a :class:`ModelRequirementError`.
 
-How: a forward pre-hook on each ReLU keeps its input ``x`` (passing a clone on,
-so that ``ReLU(inplace=True)`` cannot overwrite it), and a forward hook
-replaces the module's output by ``_ModifiedReLU.apply(x)``, whose forward is
-``relu(x)`` and whose backward is the rule above. Hooks are removed in a
-``finally`` block even when the pass raises.
+How: guided backprop puts a tensor hook ``g -> relu(g)`` on each ReLU's
+output and lets the ReLU's own backward apply ``[x > 0]``; deconvnet replaces
+each ReLU's output by a function whose backward is ``relu(g)`` alone (see
+:func:`guided_relus`, :func:`deconvnet_relus`). Both work with
+``ReLU(inplace=True)`` and with a ReLU module called several times. Hooks are
+removed in a ``finally`` block even when the pass raises.
 """
 
 from __future__ import annotations
@@ -45,20 +46,6 @@ from salfw.plugins._layers import model_label
 from salfw.plugins.gradient import target_gradient
 
 
-class _GuidedReLU(torch.autograd.Function):
-    """relu forward; backward ``relu(g) * [x > 0]`` (Springenberg et al. 2015)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x > 0)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (positive,) = ctx.saved_tensors
-        return (grad * positive).clamp(min=0)
-
-
 class _DeconvReLU(torch.autograd.Function):
     """relu forward; backward ``relu(g)`` (Zeiler & Fergus 2014)."""
 
@@ -69,9 +56,6 @@ class _DeconvReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad.clamp(min=0)
-
-
-RULES = {"guided": _GuidedReLU, "deconvnet": _DeconvReLU}
 
 
 def relu_modules(model: WhiteBox) -> list[nn.Module]:
@@ -85,10 +69,49 @@ def relu_modules(model: WhiteBox) -> list[nn.Module]:
     return relus
 
 
+class Switch:
+    """Turns the guided rule on and off between backward passes over one forward graph."""
+
+    on = True
+
+
 @contextlib.contextmanager
-def modified_relus(model: WhiteBox, rule: str):
-    """While active, every ``nn.ReLU`` of ``model`` backpropagates with ``rule`` ("guided" or "deconvnet")."""
-    function = RULES[rule]
+def guided_relus(model: WhiteBox):
+    """While active, every ``nn.ReLU`` of ``model`` backpropagates ``relu(g) * [x > 0]`` (guided backprop).
+
+    A forward hook puts a tensor hook ``g -> relu(g)`` on each ReLU output; the
+    ReLU's own backward then applies the forward mask ``[x > 0]``. The rule
+    applies while the yielded :class:`Switch` is on (Guided Grad-CAM turns it
+    off for its Grad-CAM backward over the same forward pass).
+    """
+    switch = Switch()
+
+    def rectify(grad):
+        return grad.clamp(min=0) if switch.on else None
+
+    def hook(module, args, output):
+        if output.requires_grad:
+            output.register_hook(rectify)
+
+    handles = []
+    try:
+        for relu in relu_modules(model):
+            handles.append(relu.register_forward_hook(hook))
+        yield switch
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def deconvnet_relus(model: WhiteBox):
+    """While active, every ``nn.ReLU`` of ``model`` backpropagates ``relu(g)`` (deconvnet).
+
+    A forward pre-hook keeps the ReLU's input ``x`` (passing a clone on to an
+    in-place ReLU, which would overwrite it), and a forward hook replaces the
+    module's output by ``_DeconvReLU.apply(x)``, so the ReLU's own backward
+    (and its forward mask) is bypassed.
+    """
     inputs: dict[nn.Module, torch.Tensor] = {}
 
     def pre_hook(module, args):
@@ -96,7 +119,7 @@ def modified_relus(model: WhiteBox, rule: str):
         return (args[0].clone(),) + tuple(args[1:]) if module.inplace else None
 
     def hook(module, args, output):
-        return function.apply(inputs.pop(module))
+        return _DeconvReLU.apply(inputs.pop(module))
 
     handles = []
     try:
@@ -107,6 +130,9 @@ def modified_relus(model: WhiteBox, rule: str):
     finally:
         for handle in handles:
             handle.remove()
+
+
+RULES = {"guided": guided_relus, "deconvnet": deconvnet_relus}
 
 
 class _ModifiedReluMethod(Method):
@@ -125,7 +151,7 @@ class _ModifiedReluMethod(Method):
         relu_modules(model)
 
     def attribute(self, model, x, targets, seed):
-        with modified_relus(model, self.rule):
+        with RULES[self.rule](model):
             return target_gradient(model, x, targets, self.params.batch_size)
 
 
