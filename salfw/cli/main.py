@@ -15,6 +15,9 @@ from salfw.core.params import describe_params
 from salfw.core.registry import TYPES, get_registry
 
 from .common import inputs_for, model_from_spec, model_options, parse_sets
+from .compare import compare_command
+from .evaluate import evaluate_command
+from .train_masker import train_masker as train_masker_command
 
 LISTABLE = {"methods": "method", "metrics": "metric", "perturbations": "perturbation",
             "loaders": "model-loader", "explainers": "model-explainer"}
@@ -125,6 +128,11 @@ def run_command(method, model_spec, input_path, sample, target, sets, seed, out,
                f"{meta['forward_passes']} forward / {meta['backward_passes']} backward passes")
     for path in written:
         click.echo(f"  wrote {path}")
+
+
+cli.add_command(compare_command)
+cli.add_command(evaluate_command)
+cli.add_command(train_masker_command)
 
 
 def main(argv: list[str] | None = None) -> None:
