@@ -43,7 +43,7 @@ def _rows(what: str) -> list[dict]:
         return [{"name": p.name, "type": "plugin", "box": None, "kind": None, "plugin": p.name,
                  "distribution": p.distribution, "version": p.version, "status": p.status,
                  "module": p.module, "error": p.error, "provides": p.provides,
-                 "summary": p.error or ", ".join(p.provides)} for p in registry.plugins.values()]
+                 "summary": p.error or ", ".join(p.provides)} for _, p in sorted(registry.plugins.items())]
     if what == "models":
         rows = []
         for entry in registry.table("model-loader").values():
@@ -53,7 +53,7 @@ def _rows(what: str) -> list[dict]:
                              "version": entry.version, "summary": model.get("summary", ""),
                              **{k: v for k, v in model.items() if k not in ("name", "summary", "box")}})
         return rows
-    return [_entry_row(e) for e in registry.table(LISTABLE[what]).values()]
+    return [_entry_row(e) for _, e in sorted(registry.table(LISTABLE[what]).items())]
 
 
 @cli.command("list")
