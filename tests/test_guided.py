@@ -36,7 +36,7 @@ def closed_forms(net, x, target):
     return guided1 @ l1.weight, deconv1 @ l1.weight
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 10_000), inplace=st.booleans())
 def test_closed_form_on_relu_mlp(seed, inplace):
     net = relu_mlp(seed, inplace=inplace)

@@ -77,8 +77,8 @@ def builtin(name):
 def cases():
     return [("small-cnn", lambda: salfw.WhiteBox(small_cnn()), (4, 3, 12, 12)),
             ("tiny-resnet", lambda: salfw.WhiteBox(tiny_resnet()), (4, 3, 10, 10)),
-            ("mnist-cnn", lambda: builtin("mnist-cnn"), (3, 1, 28, 28)),
-            ("mnist-cnn-offset", lambda: builtin("mnist-cnn-offset"), (3, 1, 28, 28))]
+            ("mnist-cnn", lambda: builtin("mnist-cnn"), (2, 1, 28, 28)),
+            ("mnist-cnn-offset", lambda: builtin("mnist-cnn-offset"), (2, 1, 28, 28))]
 
 
 def assert_agree(ours, theirs):
