@@ -1,0 +1,105 @@
+"""Timing of the black-box perturbation family against its peers, on the built-in MNIST CNN.
+
+* LIME, 1,000 samples on one digit, on a fixed 7 x 7 grid of superpixels (lime's default
+  quickshift yields about two superpixels on MNIST, so both sides get the same segments)
+  with lime's default hiding (each superpixel's mean): salfw against (a) the floor --
+  1,000 bare batched forward passes of already perturbed images -- and (b) the ``lime``
+  library given the same segmentation and number of samples (its default batch_size=10,
+  and batch_size=256 like salfw).
+* RISE, 4,000 masks on one digit (the paper's N).
+* Occlusion, 4 x 4 windows with stride 2 on 20 digits, against Captum's ``Occlusion``
+  (perturbations_per_eval=256, the same batch as salfw's).
+
+Prints a table: times are the minimum over repeats, single-threaded (torch.set_num_threads(1)),
+ratios are salfw time / the other time. Run: ``python benchmarks/bench_perturbation.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import salfw
+from salfw.zoo.samples import load_samples
+
+REPEATS = 3
+
+
+def best(fn, repeats=REPEATS):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main():
+    torch.set_num_threads(1)
+    model = salfw.load_model("builtin:mnist-cnn")
+    images, _ = load_samples()
+    digit = images[:1]
+    rows = []
+
+    # -- LIME --------------------------------------------------------------------
+    lime_params = dict(segmentation="grid", cell=4, num_samples=1000, perturbation="superpixel-mean",
+                       batch_size=256)
+    first = salfw.explain("lime", model, digit, **lime_params)
+    segments = first.meta["segments"][0].numpy()
+    samples = torch.from_numpy(first.meta["samples"][0]).double()
+    means = torch.from_numpy(np.bincount(segments.ravel(), weights=digit[0, 0].double().numpy().ravel())
+                             / np.bincount(segments.ravel()))[segments].float()
+    keep = samples[:, torch.from_numpy(segments)].float()[:, None]
+    perturbed = digit * keep + means * (1 - keep)
+
+    t_salfw = best(lambda: salfw.explain("lime", model, digit, **lime_params))
+    t_floor = best(lambda: model.probabilities(perturbed, 256))
+    rows.append(("lime 1000 samples (salfw)", t_salfw, "bare forward passes", t_floor))
+
+    from lime import lime_image
+
+    network = model.network()
+
+    def classifier(batch):
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(batch[..., :1].transpose(0, 3, 1, 2))).float()
+            return torch.softmax(network(x), 1).numpy()
+
+    target = int(first.targets[0])
+    for lime_batch in (10, 256):
+        def run_lime():
+            explainer = lime_image.LimeImageExplainer(random_state=0)
+            explainer.explain_instance(digit[0, 0].double().numpy(), classifier, labels=(target,), top_labels=None,
+                                       hide_color=None, num_samples=1000, batch_size=lime_batch,
+                                       segmentation_fn=lambda img: segments)
+        rows.append(("lime 1000 samples (salfw)", t_salfw, f"lime library, batch_size={lime_batch}",
+                     best(run_lime, 1 if lime_batch == 10 else REPEATS)))
+
+    # -- RISE --------------------------------------------------------------------
+    t_rise = best(lambda: salfw.explain("rise", model, digit, num_masks=4000))
+    masks_only = torch.rand(4000, 1, 28, 28)
+    rows.append(("rise 4000 masks (salfw)", t_rise, "bare forward passes", best(
+        lambda: model.probabilities(digit * masks_only, 500))))
+
+    # -- Occlusion ---------------------------------------------------------------
+    from captum.attr import Occlusion
+
+    batch = images
+    targets = model.scores(batch).argmax(1)
+    t_occ = best(lambda: salfw.explain("occlusion", model, batch, target=targets, window=(4, 4), stride=(2, 2)))
+    occ = Occlusion(network)
+    t_captum = best(lambda: occ.attribute(batch, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
+                                          target=targets, perturbations_per_eval=256))
+    rows.append(("occlusion 4x4/2, 20 digits (salfw)", t_occ, "captum Occlusion", t_captum))
+
+    print(f"{'salfw':38s} {'seconds':>8s}   {'compared with':34s} {'seconds':>8s} {'ratio':>7s}")
+    for name, ours, other_name, other in rows:
+        print(f"{name:38s} {ours:8.3f}   {other_name:34s} {other:8.3f} {ours / other:7.3f}")
+    lime_overhead = (t_salfw - t_floor) / t_floor
+    print(f"\nLIME time beyond its 1,000 bare forward passes: {100 * lime_overhead:.1f}% of them")
+
+
+if __name__ == "__main__":
+    main()
