@@ -12,10 +12,11 @@ exactly affine::
 ``W`` is the Jacobian ``∂y/∂x`` (constant inside the region) and, because the
 function is affine there, ``B = y(x) − W·x`` is exact, not a first-order
 approximation. :func:`local_plane` computes both for a whole batch with one
-batched vector-Jacobian product: the batch is repeated once per requested output
-row and a single backward pass gives every row (for one output or a pair
-difference P − Q no repetition is needed). The same holds between any two layers:
-``between=(a, b)`` gives the affine map from layer ``a``'s output to layer ``b``'s.
+forward pass and one backward pass that carries every requested output row as a
+batch of vector-Jacobian products (autograd's ``is_grads_batched``; for one
+output or a pair difference P − Q it is a plain backward pass). The same holds
+between any two layers: ``between=(a, b)`` gives the affine map from layer
+``a``'s output to layer ``b``'s.
 
 As an explanation (``local-linear``) the target class's row of ``W`` is returned:
 the weight-based saliency of Simonyan, Vedaldi & Zisserman (2014, "Deep inside
@@ -102,15 +103,16 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
     """The region's plane for selected combinations of outputs, batched.
 
     ``selection`` (N, R, K) holds R row vectors ``s`` per sample; row r of the
-    result is the plane of ``s · y``. Returns ``(W, values, z)``: ``W`` (N, R,
+    result is the plane of ``s · y``. Returns ``(W, values, z, y)``: ``W`` (N, R,
     *z.shape[1:]) the rows' gradients with respect to ``z``, ``values`` (N, R) the
     rows' values ``s · y``, ``z`` the point the plane is taken at (``x``, or
     the output of ``start_layer``) and ``y`` (N, K) the outputs there. The exact
     bias is ``values − Σ W·z``.
 
     ``forward`` maps a batch to outputs (N, K) (or, with ``end_layer``, anything:
-    the end layer's flattened output is then ``y``). The batch is repeated R times
-    and one backward pass over ``chunk`` samples at a time gives every row.
+    the end layer's flattened output is then ``y``). One forward pass per chunk of
+    ``batch_size // R`` samples, then one backward pass with the R rows as a
+    batch of vector-Jacobian products (``is_grads_batched``, vmapped by autograd).
     """
     n, rows = selection.shape[:2]
     out_w, out_v, out_z, out_y = [], [], [], []
@@ -118,14 +120,12 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
     for begin in range(0, n, chunk):
         xs, sel = x[begin:begin + chunk].detach(), selection[begin:begin + chunk]
         m = xs.shape[0]
-        repeated = xs.unsqueeze(0).expand(rows, *xs.shape).reshape(rows * m, *xs.shape[1:])
         captured: dict[str, torch.Tensor] = {}
         handles = []
         if start_layer is not None:
             def start_hook(_module, _inputs, output):
-                leaf = output.detach().requires_grad_(True)
-                captured["z"] = leaf
-                return leaf
+                captured["z"] = output.detach().requires_grad_(True)
+                return captured["z"]
             handles.append(start_layer.register_forward_hook(start_hook))
         if end_layer is not None:
             def end_hook(_module, _inputs, output):
@@ -133,25 +133,26 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
             handles.append(end_layer.register_forward_hook(end_hook))
         try:
             with torch.enable_grad():
-                leaf = repeated.requires_grad_(True) if start_layer is None else repeated
+                leaf = xs.clone().requires_grad_(start_layer is None)
                 out = forward(leaf)
-                y = (captured["y"] if end_layer is not None else out).reshape(rows * m, -1)
-                if start_layer is not None:
-                    leaf = captured["z"]
-                y = y.reshape(rows, m, -1)
-                if y.shape[-1] != sel.shape[-1]:
-                    raise ParameterError(f"the selected outputs address {sel.shape[-1]} values but the layer "
-                                         f"gives {y.shape[-1]}")
-                values = (y * sel.transpose(0, 1).to(y.dtype)).sum(-1)  # (R, m)
-                (grad,) = torch.autograd.grad(values.sum(), leaf)
+                out = captured["y"] if end_layer is not None else out
+                leaf = captured["z"] if start_layer is not None else leaf
+                y = out.reshape(m, -1)
+                sel = sel.to(y.dtype)
+                values = (y.unsqueeze(1) * sel).sum(-1)  # (m, R)
+                vectors = sel.transpose(0, 1).reshape(rows, *out.shape)  # one cotangent per row
+                if rows == 1:
+                    (grad,) = torch.autograd.grad(out, leaf, vectors[0])
+                    grad = grad.unsqueeze(0)
+                else:
+                    (grad,) = torch.autograd.grad(out, leaf, vectors, is_grads_batched=True)
         finally:
             for h in handles:
                 h.remove()
-        z = leaf.detach().reshape(rows, m, *leaf.shape[1:])[0]
-        out_w.append(grad.reshape(rows, m, *leaf.shape[1:]).transpose(0, 1))
-        out_v.append(values.detach().transpose(0, 1))
-        out_z.append(z)
-        out_y.append(y[0].detach())
+        out_w.append(grad.transpose(0, 1))
+        out_v.append(values.detach())
+        out_z.append(leaf.detach())
+        out_y.append(y.detach())
     return torch.cat(out_w), torch.cat(out_v), torch.cat(out_z), torch.cat(out_y)
 
 
