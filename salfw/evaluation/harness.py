@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,8 @@ REEXPLAIN_COST: dict[str, Callable[[Any, Model], int]] = {
     "max-sensitivity": lambda p, model: p.samples,
 }
 CURVE_METRICS = ("morf", "lerf", "deletion", "insertion")
+#: The name of the optional reference row: a seeded uniform random map.
+REFERENCE = "random map"
 
 
 def _layer_count(model: Model) -> int:
@@ -101,6 +104,7 @@ class Comparison:
     rows: list[dict] = dataclasses.field(default_factory=list)
     curves: dict[str, dict[str, dict[str, list[float]]]] = dataclasses.field(default_factory=dict)
     skipped: list[dict] = dataclasses.field(default_factory=list)
+    costs: list[dict] = dataclasses.field(default_factory=list)
     settings: dict = dataclasses.field(default_factory=dict)
 
 
@@ -166,14 +170,17 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                    targets: torch.Tensor | None = None, *, method_params: dict[str, dict] | None = None,
                    metric_params: dict[str, dict] | None = None, seed: int = 0,
                    masks: torch.Tensor | None = None, reexplain_samples: int = 50,
-                   budget_s: float | None = 600.0, progress: bool | None = None,
+                   budget_s: float | None = 600.0, reference: bool = False, progress: bool | None = None,
                    log: Callable[[str], None] | None = None) -> Comparison:
     """Explain ``x`` with every method on every model and score with every metric.
 
     ``targets`` None explains each model's predicted classes. ``method_params`` /
     ``metric_params`` map a name to its parameters. ``masks`` (N, H, W) feed the pointing game
     (default for images: :func:`object_masks`). ``budget_s`` caps the estimated seconds of one
-    re-explaining metric for one method (None: no cap).
+    re-explaining metric for one method (None: no cap). ``reference`` adds a row for a random map
+    (uniform noise, seeded) scored by every metric that does not re-run or time a method: its
+    MoRF/LeRF AOPC estimates the random-order baseline, so one reference row replaces a random
+    baseline per method.
     """
     method_params = method_params or {}
     metric_params = metric_params or {}
@@ -184,20 +191,28 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                                   "reexplain_samples": reexplain_samples, "budget_s": budget_s})
     derive_abpc = ("abpc" in metrics and "morf" in metrics and "lerf" in metrics and
                    _same_flip_settings(metric_params))
-    pairs = [(model_name, method) for model_name in models for method in methods]
+    names = [*methods, *([REFERENCE] if reference else [])]
+    pairs = [(model_name, method) for model_name in models for method in names]
     with _progress(pairs, "explaining and scoring", progress) as bar:
         for model_name, method in bar:
             model = models[model_name]
             batch = as_batch(model, x)
             try:
-                explanation = explain(method, model, batch, target=targets, seed=seed,
-                                      **method_params.get(method, {}))
+                if method == REFERENCE:
+                    explanation = _random_map(model, batch, targets, seed)
+                else:
+                    explanation = explain(method, model, batch, target=targets, seed=seed,
+                                          **method_params.get(method, {}))
             except SalfwError as exc:
                 result.skipped.append({"model": model_name, "method": method, "metric": None,
                                        "reason": str(exc).splitlines()[0]})
                 log(f"{model_name} {method}: skipped ({str(exc).splitlines()[0]})")
                 continue
             per_sample = explanation.meta["seconds"] / batch.shape[0]
+            if method != REFERENCE:
+                result.costs.append({"model": model_name, "method": method, "seconds_per_sample": per_sample,
+                                     **{f"{k}_per_sample": explanation.meta[k] / batch.shape[0]
+                                        for k in ("forward_passes", "backward_passes")}})
             log(f"{model_name} {method}: explained {batch.shape[0]} inputs in {explanation.meta['seconds']:.1f} s")
             scored: dict[str, torch.Tensor] = {}
             for metric in metrics:
@@ -206,6 +221,8 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 cls = known.get(metric)
                 params = metric_params.get(metric, {})
                 reason = _not_applicable(cls, metric, model, batch, masks)
+                if method == REFERENCE and (metric in REEXPLAIN_COST or metric == "runtime"):
+                    continue
                 use_x, use_e, use_mask = batch, explanation, masks
                 if reason is None and metric in REEXPLAIN_COST:
                     k = min(reexplain_samples, batch.shape[0])
@@ -234,6 +251,17 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 _add_row(result, model_name, method, "abpc", scored["morf"] - scored["lerf"], known["abpc"],
                          per_sample)
     return result
+
+
+def _random_map(model: Model, x: torch.Tensor, targets, seed: int) -> Explanation:
+    from salfw.core.api import as_targets
+
+    predicted = model.scores(x).argmax(dim=1)
+    chosen = as_targets(targets, x.shape[0], int(model.num_classes), predicted)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    noise = torch.rand((x.shape[0], 1, *x.shape[2:]) if x.dim() == 4 else x.shape, generator=gen, dtype=x.dtype)
+    return Explanation(noise.to(x.device), chosen, REFERENCE, "additive", {}, {"seconds": 0.0}, x,
+                       model.input_range)
 
 
 def _same_flip_settings(metric_params: dict) -> bool:
@@ -331,7 +359,7 @@ def plot_curves(result: Comparison, directory: Path) -> list[Path]:
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
         fig.tight_layout()
-        path = directory / f"curves-{model}.png"
+        path = directory / f"curves-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
@@ -350,7 +378,7 @@ def write_comparison(result: Comparison, directory: str | Path) -> list[Path]:
         writer.writerows(result.rows)
     (out / "results.json").write_text(json.dumps(
         {"settings": params_to_json(result.settings), "rows": params_to_json(result.rows),
-         "skipped": result.skipped, "curves": result.curves}, indent=1))
+         "skipped": result.skipped, "costs": result.costs, "curves": result.curves}, indent=1))
     skipped = "\n".join(f"- {s['model']} / {s['method']}" + (f" / {s['metric']}" if s["metric"] else "")
                         + f": {s['reason']}" for s in result.skipped)
     (out / "results.md").write_text(markdown_tables(result) + ("\n#### Skipped\n\n" + skipped + "\n"
