@@ -1,0 +1,281 @@
+"""Optimisation-based masks (issue 7): meaningful perturbation, extremal perturbation,
+Noise Mask and real-time saliency.
+
+The localisation tests use a constructed network whose decision depends only on
+the top-left quadrant of a 32×32 image (logits = an affine function of the
+quadrant's mean), so the right mask is known: every method must put at least
+70% of its saliency mass there. The loss terms are checked against their
+formulas on hand-made inputs. Iterations are kept small (fast on a 2-core CPU).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import salfw
+from salfw.core.errors import ModelRequirementError, ParameterError
+from salfw.plugins._mask_utils import jitter, l1, low_res_shape, total_variation, upsample
+from salfw.plugins.extremal_perturbation import (SmoothMask, apply_pyramid, area_loss, area_reference,
+                                                 perturbation_pyramid, smooth_kernel)
+from salfw.plugins.noise_mask import feature_mse, noise_beta0, noise_mask_loss
+from salfw.plugins.real_time_saliency import (classifier_fingerprint, load_masker, masker_loss, save_masker,
+                                              train_masker)
+
+SIZE = 32
+HALF = SIZE // 2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids oversubscribing a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Quadrant(nn.Module):
+    """Two-class logits ``(g (q − ½), −g (q − ½))`` of the top-left quadrant's mean ``q``."""
+
+    def __init__(self, gain: float):
+        super().__init__()
+        self.head = nn.Linear(1, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[gain], [-gain]]))
+            self.head.bias.copy_(torch.tensor([-gain / 2, gain / 2]))
+
+    def forward(self, x):
+        q = x[:, :, :x.shape[-2] // 2, :x.shape[-1] // 2].mean(dim=(1, 2, 3))
+        return self.head(q[:, None])
+
+
+def quadrant_images(n: int = 3, seed: int = 0) -> torch.Tensor:
+    """Random dim images with a brighter top-left quadrant (class 0)."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 * torch.rand(n, 1, SIZE, SIZE, generator=g)
+    x[:, :, :HALF, :HALF] += 0.5
+    return x
+
+
+def quadrant_share(a: torch.Tensor) -> torch.Tensor:
+    a = a.clamp(min=0)
+    return a[:, :, :HALF, :HALF].sum(dim=(1, 2, 3)) / a.sum(dim=(1, 2, 3))
+
+
+# -- localisation -------------------------------------------------------------------
+LOCALISATION = [
+    ("meaningful-perturbation", 4.0, dict(mode="deletion", iterations=60, factor=4, perturbation="constant",
+                                          value=0.0, lambda1=1e-3, lambda2=1e-4, jitter=0, mask_sigma=0.0)),
+    ("meaningful-perturbation", 4.0, dict(mode="preservation", iterations=60, factor=4, perturbation="constant",
+                                          value=0.0, lambda1=1e-3, lambda2=1e-4, jitter=0, mask_sigma=0.0)),
+    ("extremal-perturbation", 100.0, dict(variant="dual", perturbation="fade", areas=(0.25,), iterations=60,
+                                          learning_rate=0.1, jitter=False)),
+    ("noise-mask", 4.0, dict(iterations=150, learning_rate=0.1)),
+]
+
+
+@pytest.mark.parametrize("name,gain,params", LOCALISATION, ids=[f"{c[0]}-{i}" for i, c in enumerate(LOCALISATION)])
+def test_masks_concentrate_on_the_deciding_quadrant(name, gain, params):
+    model = salfw.WhiteBox(Quadrant(gain))
+    e = salfw.explain(name, model, quadrant_images(), target=0, seed=0, **params)
+    assert e.kind == "mask"
+    assert e.attributions.min() >= 0 and e.attributions.max() <= 1
+    share = quadrant_share(e.attributions)
+    assert (share >= 0.7).all(), share
+
+
+def test_real_time_saliency_masker_learns_the_quadrant(tmp_path):
+    model = salfw.WhiteBox(Quadrant(8.0))
+    g = torch.Generator().manual_seed(1)
+    images = 0.5 * torch.rand(384, 1, SIZE, SIZE, generator=g)
+    images[:, :, :HALF, :HALF] += 0.5 * (torch.rand(384, 1, 1, 1, generator=g) > 0.5)
+    labels = model.scores(images).argmax(dim=1)
+    masker, settings = train_masker(model, images, labels, epochs=6, seed=0, batch_size=32, learning_rate=3e-3,
+                                    width=8, weights={"area": 2.0})
+    path = tmp_path / "quadrant-masker.safetensors"
+    save_masker(masker, path, settings)
+    x = quadrant_images()
+    e = salfw.explain("real-time-saliency", model, x, target=0, masker=str(path))
+    assert e.attributions.shape == (3, 1, SIZE, SIZE)
+    assert e.attributions.min() >= 0 and e.attributions.max() <= 1
+    assert (quadrant_share(e.attributions) >= 0.7).all(), quadrant_share(e.attributions)
+    # the masker round-trips and refuses another network, naming what to do
+    again, loaded = load_masker(path)
+    assert loaded["fingerprint"] == classifier_fingerprint(model)
+    assert torch.equal(again(x, torch.zeros(3, dtype=torch.long)), masker(x, torch.zeros(3, dtype=torch.long)))
+    with pytest.raises(ModelRequirementError, match="different network"):
+        salfw.explain("real-time-saliency", salfw.WhiteBox(Quadrant(3.0)), x, masker=str(path))
+    with pytest.raises(ModelRequirementError, match="train-masker"):
+        salfw.explain("real-time-saliency", model, x)
+    with pytest.raises(ParameterError, match="not found"):
+        salfw.explain("real-time-saliency", model, x, masker=str(tmp_path / "missing.safetensors"))
+
+
+# -- determinism and range -------------------------------------------------------------
+@pytest.mark.parametrize("name,params", [
+    ("meaningful-perturbation", dict(iterations=5, perturbation="noise")),
+    ("meaningful-perturbation", dict(iterations=5, mode="preservation")),
+    ("extremal-perturbation", dict(iterations=5, areas=(0.1, 0.3), variant="delete")),
+    ("noise-mask", dict(iterations=5)),
+])
+def test_same_seed_same_mask_in_unit_range(name, params):
+    model = salfw.WhiteBox(Quadrant(4.0))
+    x = quadrant_images(2)
+    a = salfw.explain(name, model, x, seed=3, **params).attributions
+    b = salfw.explain(name, model, x, seed=3, **params).attributions
+    assert torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_noise_changes_with_the_seed():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    x = quadrant_images(2)
+    a = salfw.explain("noise-mask", model, x, seed=0, iterations=5).attributions
+    b = salfw.explain("noise-mask", model, x, seed=1, iterations=5).attributions
+    assert not torch.equal(a, b)
+
+
+# -- loss terms on hand-made inputs -----------------------------------------------------------
+def test_total_variation_and_l1_formulas():
+    m = torch.tensor([[[[0.0, 1.0], [1.0, 0.5]]]])
+    # vertical |1-0|^3 + |0.5-1|^3, horizontal |1-0|^3 + |0.5-1|^3
+    assert torch.allclose(total_variation(m, 3.0), torch.tensor([2 * (1 + 0.125)]))
+    assert torch.allclose(total_variation(m, 2.0), torch.tensor([2 * (1 + 0.25)]))
+    assert torch.allclose(l1(1 - m), torch.tensor([1.0 + 0.0 + 0.0 + 0.5]))
+    assert low_res_shape((224, 224), 8) == (28, 28)
+    assert low_res_shape((28, 28), 8) == (4, 4)
+    assert low_res_shape((28, 28), 4) == (7, 7)
+    assert torch.allclose(upsample(torch.full((1, 1, 2, 2), 0.3), (8, 8)), torch.full((1, 1, 8, 8), 0.3))
+
+
+def test_meaningful_perturbation_reports_its_loss_terms():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    e = salfw.explain("meaningful-perturbation", model, quadrant_images(2), target=0, iterations=3, factor=16,
+                      perturbation="constant", value=0.0)
+    mask = e.meta["mask"]
+    # total = λ1·L1 + λ2·TV + the target's probability (deletion game)
+    for i in range(2):
+        assert e.meta["loss"][i] == pytest.approx(1e-4 * e.meta["l1"][i] + 1e-2 * e.meta["tv"][i]
+                                                   + e.meta["probability"][i], rel=1e-5)
+        expected = torch.softmax(model.forward(mask[i:i + 1] * quadrant_images(2)[i:i + 1]), dim=1)[0, 0]
+        assert e.meta["probability"][i] == pytest.approx(expected.item(), rel=1e-4)
+    assert (e.attributions == 1 - mask).all()
+
+
+def test_area_ranking_loss():
+    mask = torch.tensor([[0.2, 0.9, 0.1, 0.6]])
+    ref = area_reference((0.5,), 4, "cpu", torch.float32)
+    assert ref.tolist() == [[0.0, 0.0, 1.0, 1.0]]
+    # sorted (0.1, 0.2, 0.6, 0.9) against (0, 0, 1, 1)
+    assert torch.allclose(area_loss(mask, ref), torch.tensor([(0.01 + 0.04 + 0.16 + 0.01) / 4]))
+    binary = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    assert area_loss(binary, ref).item() == 0.0
+
+
+def test_smooth_mask_family():
+    assert smooth_kernel(torch.tensor([0.0, 0.5, 1.5])).tolist() == pytest.approx([1.0, 1.0, torch.exp(
+        torch.tensor(-2.0)).item()])
+    gen = SmoothMask((12, 12), 3, 3.0, "cpu", torch.float32)
+    assert gen.shape_in == (4, 4)
+    ones = gen(torch.ones(1, 1, 4, 4))
+    zeros = gen(torch.zeros(1, 1, 4, 4))
+    # a smooth (softmax-weighted) maximum of 1 and the weaker far neighbours: slightly below 1
+    assert (ones > 0.98).all() and (ones <= 1).all() and (zeros == 0).all()
+    one_node = torch.zeros(1, 1, 4, 4)
+    one_node[0, 0, 1, 2] = 1.0
+    m = gen(one_node)[0, 0]
+    # the node sits at pixel (3·1 + 1, 3·2 + 1) = (4, 7): the mask is 1 there and falls off with distance
+    assert m[4, 7] == pytest.approx(1.0, abs=1e-5)
+    assert m[4, 7] > m[4, 10] > m[4, 11] and m[0, 0] < 0.2
+
+
+def test_perturbation_pyramid_interpolates_between_levels():
+    x = torch.rand(2, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    pyr = perturbation_pyramid(x, 4, 2.0)
+    assert torch.equal(pyr[:, -1], x)
+    ones, zeros = torch.ones(2, 1, 10, 10), torch.zeros(2, 1, 10, 10)
+    assert torch.allclose(apply_pyramid(pyr, ones), x)
+    assert torch.allclose(apply_pyramid(pyr, zeros), pyr[:, 0])
+    half = apply_pyramid(pyr, torch.full((2, 1, 10, 10), 0.5))   # 0.5·3 = level 1.5
+    assert torch.allclose(half, (pyr[:, 1] + pyr[:, 2]) / 2, atol=1e-6)
+    fade = perturbation_pyramid(x, 3, 2.0, "fade")
+    assert torch.allclose(apply_pyramid(fade, torch.full((2, 1, 10, 10), 0.25)), 0.25 * x, atol=1e-6)
+
+
+def test_noise_mask_loss_terms():
+    clean = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    noisy = torch.tensor([[3.0, 2.0], [1.0, 1.0]])
+    assert torch.allclose(feature_mse(noisy, clean), torch.tensor([2.0, 1.0]))
+    assert torch.allclose(noise_beta0(clean, noisy), torch.tensor([0.5, 1.0]))
+    mask = torch.tensor([[[[1.0, 0.0], [0.5, 0.5]]], [[[1.0, 1.0], [1.0, 1.0]]]])
+    loss, keep, mse = noise_mask_loss(mask, clean, noisy, torch.tensor([0.5, 1.0]))
+    assert torch.allclose(keep, torch.tensor([0.5, 1.0]))
+    assert torch.allclose(loss, torch.tensor([0.5 + 0.5 * 2.0, 1.0 + 1.0]))
+
+
+def test_noise_mask_meta_and_intermediate_layer():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(2, 3))
+    model = salfw.WhiteBox(net)
+    x = quadrant_images(2)
+    e = salfw.explain("noise-mask", model, x, layer="0", iterations=4, seed=0)
+    assert e.meta["layer"] == "0" and e.meta["iterations"] == [4, 4]
+    mask = e.meta["mask"]
+    assert e.meta["preservation"] == pytest.approx(mask.flatten(1).mean(1).tolist(), rel=1e-6)
+    with torch.no_grad():
+        clean = net[0](x)
+    g = torch.Generator().manual_seed(0)
+    first_noise = torch.rand((1, 1, SIZE, SIZE), generator=g)
+    assert e.meta["beta0"] == pytest.approx(noise_beta0(clean, net[0](first_noise.expand_as(x))).tolist(), rel=1e-5)
+    with pytest.raises(ParameterError, match="no layer 'nope'"):
+        salfw.explain("noise-mask", model, x, layer="nope", iterations=2)
+
+
+def test_noise_mask_stops_on_convergence():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    e = salfw.explain("noise-mask", model, quadrant_images(2), iterations=400, tol=1e-2, window=5,
+                      learning_rate=0.1)
+    assert all(5 < it < 400 for it in e.meta["iterations"])
+
+
+def test_masker_loss_formula():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    x = quadrant_images(2)
+    m = torch.full((2, 1, SIZE, SIZE), 0.5)
+    m[:, :, :HALF] = 1.0
+    fill = torch.zeros_like(x)
+    w = {"tv": 0.5, "area": 8.0, "area_power": 0.3, "preserve": 0.3, "destroy": 1.0, "destroy_power": 1.0}
+    loss, terms = masker_loss(model, m, x, torch.zeros(2, dtype=torch.long), fill, w)
+    tv = (0.5 ** 2 * SIZE) / ((SIZE - 1) * SIZE)         # one row of jumps of 0.5 among the vertical pairs
+    area = ((m + 5e-4) ** 0.3).mean().item()
+    p_keep = torch.softmax(model.forward(x * m), dim=1)[:, 0]
+    p_del = torch.softmax(model.forward(x * (1 - m)), dim=1)[:, 0]
+    expected = 0.5 * tv + 8 * area - 0.3 * p_keep.log().mean().item() + p_del.mean().item()
+    assert terms["tv"] == pytest.approx(tv, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_jitter_shifts_the_whole_batch_alike():
+    x = torch.arange(2 * 25, dtype=torch.float32).reshape(2, 1, 5, 5)
+    y = jitter(x, 2, torch.Generator().manual_seed(0))
+    dy, dx = torch.randint(-2, 3, (2,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert torch.equal(y, torch.roll(x, (dy, dx), (-2, -1)))
+    assert torch.equal(jitter(x, 0, torch.Generator()), x)
+
+
+def test_extremal_perturbation_masks_for_every_area():
+    model = salfw.WhiteBox(Quadrant(100.0))
+    e = salfw.explain("extremal-perturbation", model, quadrant_images(2), target=0, areas=(0.1, 0.25, 0.5),
+                      iterations=3, output="sum")
+    masks = e.meta["masks"]
+    assert masks.shape == (2, 3, SIZE, SIZE)
+    assert torch.allclose(e.attributions[:, 0], masks.sum(dim=1))
+    assert len(e.meta["area_loss"][0]) == 3
+
+
+def test_requires_a_white_box():
+    black = salfw.BlackBox(Quadrant(4.0), backend="torch")
+    for name in ("meaningful-perturbation", "extremal-perturbation", "noise-mask", "real-time-saliency"):
+        assert salfw.methods()[name].kind == "mask"
+        with pytest.raises(ModelRequirementError, match="WhiteBox"):
+            salfw.explain(name, black, quadrant_images(1))
