@@ -145,6 +145,8 @@ def cam_maps(model, x, targets, batch_size, relu):
 
 
 class _CamMethod(Method):
+    """Shared by the CAM variants: each defines ``maps(model, x, targets) -> (layer maps, layer name)``."""
+
     box = "white"
     kind = "additive"
     scope = "local"
@@ -158,9 +160,6 @@ class _CamMethod(Method):
         interpolation: str = param("bilinear", "how the layer map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
         batch_size: int = param(128, "samples per forward/backward pass", low=1)
-
-    def maps(self, model, x, targets):
-        raise NotImplementedError
 
     def attribute(self, model, x, targets, seed):
         maps, name = self.maps(model, x, targets)
