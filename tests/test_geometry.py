@@ -294,22 +294,22 @@ def test_geosal_reaches_the_other_class_or_says_so(seed, cnn, signed):
     k = 4 if cnn else 5
     meta = e.meta
     p = torch.tensor(meta["predicted"])
-    compared = meta["compared"]
-    assert compared.sum().item() == 3 * (k - 1) and not compared[torch.arange(3), p].any()
+    probs = torch.tensor(meta["probabilities"], dtype=x.dtype)
+    classes = meta["classes"]  # every other class, by decreasing probability
+    assert [sorted(c) for c in classes.tolist()] == [[q for q in range(k) if q != pi] for pi in p.tolist()]
+    assert (probs.gather(1, classes).diff(dim=1) <= 0).all()
     adv = meta["adversarial"]
     assert 0 <= adv.min() and adv.max() <= 1
     assert (meta["iterations"] <= 30).all()
     with torch.no_grad():
-        y = net(adv.reshape(-1, *x.shape[1:])).reshape(3, k, k)
-    rows, cls = compared.nonzero(as_tuple=True)
-    margin = y[rows, cls, p[rows]] - y[rows, cls, cls]  # y_P − y_Q at each adversarial example
-    torch.testing.assert_close(margin, meta["margins"][rows, cls])
-    assert (margin[meta["converged"][rows, cls]] <= 0).all()
-    torch.testing.assert_close(meta["distances"][rows, cls], (x[rows] - adv[rows, cls]).flatten(1).norm(dim=1))
-    probs = torch.tensor(meta["probabilities"], dtype=x.dtype)
+        y = net(adv.reshape(-1, *x.shape[1:])).reshape(3, k - 1, k)
+    margin = y.gather(2, p.view(3, 1, 1).expand(3, k - 1, 1))[..., 0] - y.gather(2, classes[..., None])[..., 0]
+    torch.testing.assert_close(margin, meta["margins"])  # y_P − y_Q at each adversarial example
+    assert (margin[meta["converged"]] <= 0).all()
     diff = x[:, None] - adv
-    expected = (probs.view(3, k, *[1] * (x.dim() - 1)) * (diff if signed else diff.abs())).sum(1)
-    torch.testing.assert_close(e.attributions, expected)
+    torch.testing.assert_close(meta["distances"], diff.flatten(2).norm(dim=2))
+    weights = probs.gather(1, classes).view(3, k - 1, *[1] * (x.dim() - 1))
+    torch.testing.assert_close(e.attributions, (weights * (diff if signed else diff.abs())).sum(1))
 
 
 def test_geosal_converges_where_every_class_is_reachable():
@@ -317,7 +317,7 @@ def test_geosal_converges_where_every_class_is_reachable():
     net = random_mlp(1, 2, 16, False, True)
     x = inputs(1, (10, 12)) * 2 - 1
     e = salfw.explain("geosal", salfw.WhiteBox(net, input_range=(-3, 3)), x, threshold=0.0)
-    assert e.meta["converged"].sum() == e.meta["compared"].sum() == 40
+    assert e.meta["converged"].sum() == 40 and e.meta["classes"].shape == (10, 4)
     assert e.meta["iterations"].max() < 50
 
 
@@ -329,7 +329,7 @@ def test_geosal_reaches_every_class_of_the_builtin_mlp():
     except (salfw.SalfwError, FileNotFoundError) as exc:  # the built-in weights ship separately
         pytest.skip(f"built-in MNIST model or samples missing: {exc}")
     e = salfw.explain("geosal", model, images[:8], threshold=0.0)
-    assert e.meta["converged"].sum() == e.meta["compared"].sum() == 8 * 9
+    assert e.meta["converged"].sum() == 8 * 9
 
 
 def test_geosal_threshold_and_versus_select_the_compared_classes():
@@ -342,11 +342,16 @@ def test_geosal_threshold_and_versus_select_the_compared_classes():
     others = probs.scatter(1, p[:, None], -1.0)
     expected = others >= 0.2
     expected[torch.arange(6), others.argmax(1)] = True
-    assert torch.equal(e.meta["compared"], expected)
+    classes = e.meta["classes"]
+    assert classes.shape[1] == expected.sum(1).max()
+    for i in range(6):
+        listed = classes[i][classes[i] >= 0]
+        assert sorted(listed.tolist()) == expected[i].nonzero()[:, 0].tolist()
+        assert torch.isnan(e.meta["distances"][i, len(listed):]).all()
     target = torch.where(p == 3, torch.zeros_like(p), p)  # never class 3 itself
     pair = salfw.explain("geosal", model, x, target=target, versus=3)
-    assert pair.meta["compared"][:, 3].all() and pair.meta["compared"].sum() == 6
-    diff = (x - pair.meta["adversarial"][:, 3]).abs()
+    assert pair.meta["classes"].tolist() == [[3]] * 6
+    diff = (x - pair.meta["adversarial"][:, 0]).abs()
     torch.testing.assert_close(pair.attributions, probs[:, 3:4] * diff)
     with pytest.raises(salfw.TargetError, match="versus=3"):
         salfw.explain("geosal", model, x, target=3, versus=3)

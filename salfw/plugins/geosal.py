@@ -46,10 +46,11 @@ not ``Q``). A comparative explanation; its model (the region's plane) is local.
 
 All (sample, Q) pairs are stacked into one batch and iterate together; finished
 pairs are masked out, so an iteration is one forward/backward pass over the
-active pairs. ``meta`` holds, per sample and class (N, K): ``adversarial``
-(N, K, *x.shape[1:]; the input itself where not compared), ``distances`` (L2
-``‖x − x'_Q‖``, NaN where not compared), ``margins`` (``y_P − y_Q`` at ``x'_Q``),
-``compared``, ``converged`` and ``iterations``.
+active pairs. ``meta`` lists the compared classes of each sample in order of
+probability, ``classes`` (N, C; C the most compared for one sample, padded with
+−1), and aligned with it: ``adversarial`` (N, C, *x.shape[1:]; the input itself
+in padding), ``distances`` (L2 ``‖x − x'_Q‖``; NaN in padding), ``margins``
+(``y_P − y_Q`` at ``x'_Q``; NaN in padding), ``converged`` and ``iterations``.
 """
 
 from __future__ import annotations
@@ -180,20 +181,22 @@ class GeoSal(Method):
         with torch.no_grad():
             probs = torch.softmax(model.forward(x), dim=1)
         k = probs.shape[1]
-        rows = torch.arange(n, device=x.device)
         if prm.versus is not None:
             if prm.versus >= k:
                 raise TargetError(f"versus={prm.versus} is out of range: the model has {k} classes (0..{k - 1})")
             if (targets == prm.versus).any():
                 raise TargetError(f"versus={prm.versus} equals the explained class of sample(s) "
                                   f"{(targets == prm.versus).nonzero()[:, 0].tolist()}; compare with another class")
-            compared = torch.zeros(n, k, dtype=torch.bool, device=x.device)
-            compared[:, prm.versus] = True
-        else:
-            others = probs.scatter(1, targets[:, None], -1.0)
-            compared = others >= prm.threshold
-            compared[rows, others.argmax(dim=1)] = True
-        sample, cls = compared.nonzero(as_tuple=True)
+            classes = torch.full((n, 1), prm.versus, dtype=torch.long, device=x.device)
+            valid = torch.ones(n, 1, dtype=torch.bool, device=x.device)
+        else:  # the other classes by probability, down to the threshold (the most probable one always)
+            others, order = probs.scatter(1, targets[:, None], -1.0).sort(dim=1, descending=True)
+            valid = others[:, :k - 1] >= prm.threshold
+            valid[:, 0] = True
+            width = int(valid.sum(dim=1).max())
+            classes, valid = order[:, :width], valid[:, :width]
+        sample, slot = valid.nonzero(as_tuple=True)
+        cls = classes[sample, slot]
         result = geosal_search(model.forward, x[sample], targets[sample], cls, k, model.input_range,
                                overshoot=prm.overshoot, max_iter=prm.max_iter, batch_size=prm.batch_size)
         model.count_backward(result["backward_rows"])
@@ -202,18 +205,19 @@ class GeoSal(Method):
         contribution = weights * (difference if prm.signed else difference.abs())
         importance = torch.zeros_like(x).index_add_(0, sample, contribution)
 
-        adversarial = x[:, None].repeat(1, k, *([1] * (x.dim() - 1)))
-        adversarial[sample, cls] = result["adversarial"]
-        nan = torch.full((n, k), float("nan"), device=x.device, dtype=x.dtype)
-        distances, margins = nan.clone(), nan.clone()
-        distances[sample, cls] = difference.flatten(1).norm(dim=1)
-        margins[sample, cls] = result["margin"]
-        converged = torch.zeros(n, k, dtype=torch.bool, device=x.device)
-        converged[sample, cls] = result["converged"]
-        iterations = torch.zeros(n, k, dtype=torch.long, device=x.device)
-        iterations[sample, cls] = result["iterations"]
-        meta = {"adversarial": adversarial, "distances": distances, "margins": margins, "compared": compared,
-                "converged": converged, "iterations": iterations}
+        shape = valid.shape
+        adversarial = x[:, None].repeat(1, shape[1], *([1] * (x.dim() - 1)))
+        adversarial[sample, slot] = result["adversarial"]
+        distances = torch.full(shape, float("nan"), device=x.device, dtype=x.dtype)
+        margins = distances.clone()
+        distances[sample, slot] = difference.flatten(1).norm(dim=1)
+        margins[sample, slot] = result["margin"]
+        converged = torch.zeros(shape, dtype=torch.bool, device=x.device)
+        converged[sample, slot] = result["converged"]
+        iterations = torch.zeros(shape, dtype=torch.long, device=x.device)
+        iterations[sample, slot] = result["iterations"]
+        meta = {"classes": torch.where(valid, classes, -1), "adversarial": adversarial, "distances": distances,
+                "margins": margins, "converged": converged, "iterations": iterations}
         return importance, meta
 
 
