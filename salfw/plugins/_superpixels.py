@@ -239,20 +239,21 @@ def weighted_ridge(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: flo
     """Weighted ridge regression with intercept, as ``sklearn.linear_model.Ridge(alpha)
     .fit(X, Y, sample_weight=weights)``: centre X and Y by their weighted means and
     solve ``(Xc' W Xc + alpha I) b = Xc' W Yc``. Y is (S, T); returns coefficients
-    (T, M), intercepts (T,) and the weighted R^2 (T,) as ``Ridge.score`` gives it."""
-    X = X.astype(np.float64)
-    Y = Y.astype(np.float64)
-    w = weights.astype(np.float64)
+    (T, M), intercepts (T,) and the weighted R^2 (T,) as ``Ridge.score`` gives it.
+    Solved in float64 with torch (its thread settings apply; small systems)."""
+    X = torch.from_numpy(np.asarray(X, dtype=np.float64))
+    Y = torch.from_numpy(np.asarray(Y, dtype=np.float64))
+    w = torch.from_numpy(np.asarray(weights, dtype=np.float64))
     total = w.sum()
     x_mean = w @ X / total
     y_mean = w @ Y / total
     Xc = X - x_mean
     Yc = Y - y_mean
-    gram = Xc.T @ (Xc * w[:, None]) + alpha * np.eye(X.shape[1])
-    coef = np.linalg.solve(gram, Xc.T @ (Yc * w[:, None])).T
+    gram = Xc.T @ (Xc * w[:, None]) + alpha * torch.eye(X.shape[1], dtype=torch.float64)
+    coef = torch.linalg.lstsq(gram, Xc.T @ (Yc * w[:, None])).solution.T
     intercept = y_mean - coef @ x_mean
     residual = Y - (X @ coef.T + intercept)
     ss_res = w @ residual ** 2
     ss_tot = w @ (Y - y_mean) ** 2
-    score = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
-    return coef, intercept, score
+    score = torch.where(ss_tot > 0, 1 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0), 0.0)
+    return coef.numpy(), intercept.numpy(), score.numpy()
