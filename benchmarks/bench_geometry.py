@@ -90,7 +90,7 @@ def main():
     x = images.repeat(reps, 1, 1, 1)[:args.batch]
     n = x.shape[0]
     print(f"batch {n}, min of {args.repeat} runs, 1 thread, torch {torch.__version__}; seconds per image")
-    print(f"{'model':<11}{'method':<34}{'salfw':>10}{'peer':>10}{'ratio':>8}  peer")
+    print(f"{'model':<11}{'method':<38}{'salfw':>10}{'peer':>10}{'ratio':>8}  peer")
     for spec in ("mnist-mlp", "mnist-cnn"):
         model = salfw.load_model(f"builtin:{spec}")
         net = model.network().eval()
@@ -110,15 +110,16 @@ def main():
         for name, ours, peer, peer_name in rows:
             if peer is None:
                 (t_ours,) = best_times([ours], args.repeat)
-                print(f"{spec:<11}{name:<34}{t_ours / n:>10.4f}{'-':>10}{'-':>8}  {peer_name}")
+                print(f"{spec:<11}{name:<38}{t_ours / n:>10.4f}{'-':>10}{'-':>8}  {peer_name}")
             else:
                 t_ours, t_peer = best_times([ours, peer], args.repeat)
-                print(f"{spec:<11}{name:<34}{t_ours / n:>10.4f}{t_peer / n:>10.4f}{t_ours / t_peer:>8.2f}  "
+                print(f"{spec:<11}{name:<38}{t_ours / n:>10.4f}{t_peer / n:>10.4f}{t_ours / t_peer:>8.2f}  "
                       f"{peer_name}")
         e = salfw.explain("geosal", model, x, threshold=0.0)
         d = salfw.explain("deepfool", model, x)
-        print(f"{spec:<11}  geosal: {int(e.meta['converged'].sum())}/{int(e.meta['compared'].sum())} pairs converged, "
-              f"mean {e.meta['iterations'][e.meta['compared']].float().mean():.1f} iterations; deepfool: "
+        compared = e.meta["classes"] >= 0
+        print(f"{spec:<11}  geosal: {int(e.meta['converged'].sum())}/{int(compared.sum())} pairs converged, "
+              f"mean {e.meta['iterations'][compared].float().mean():.1f} iterations; deepfool: "
               f"{int(d.meta['success'].sum())}/{n} fooled, mean {d.meta['iterations'].float().mean():.1f} iterations")
 
 
