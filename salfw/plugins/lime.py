@@ -126,6 +126,8 @@ class Lime(Method):
         return torch.cat([target, top[top != target[0]]])
 
     def attribute(self, model, x, targets, seed):
+        if self.params.kernel_width == 0:
+            raise ParameterError("lime's kernel_width must be > 0 (it divides the distances)")
         if x.dim() == 4:
             return self._images(model, x, targets, seed)
         return self._vectors(model, x, targets, seed)
