@@ -82,8 +82,8 @@ def _same_plane(w: torch.Tensor, b: torch.Tensor, prev_w: torch.Tensor, prev_b: 
 
 
 def geosal_search(forward, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor, num_classes: int,
-                  input_range: tuple[float, float], *, overshoot: float = 1e-3, max_iter: int = 50, batch_size: int = 256
-                  ) -> dict[str, torch.Tensor]:
+                  input_range: tuple[float, float], *, overshoot: float = 1e-3, max_iter: int = 50,
+                  batch_size: int = 256) -> dict[str, torch.Tensor]:
     """GeoSal's walk to the closest point where ``y_q ≥ y_p``, for M pairs at once.
 
     ``x`` (M, ...) the starting points, ``p``/``q`` (M,) the classes of each pair
