@@ -30,8 +30,9 @@ The n noise tensors are drawn once from ``seed`` with the shape of one sample
 and shared by every sample of the batch (so a batch equals its samples one by
 one). The N × n noisy copies are built in chunks of at most ``batch_size`` (a
 chunk of samples × a block of noise draws) and each chunk goes through the
-wrapped method's ``attribute`` as one batch, with the targets repeated; the wrapped method gets the same ``seed``. Its ``meta``
-(e.g. integrated gradients' convergence delta) is not kept.
+wrapped method's ``attribute`` as one batch, with the targets repeated; the
+wrapped method gets the same ``seed``. Its ``meta`` (e.g. integrated gradients'
+convergence delta) is not kept; ``meta["noise_sigma"]`` records σ.
 
 ``base_params``: a dict, or for the CLI a string of ``key=value`` pairs
 separated by commas, e.g. ``"steps=16,baseline=blur"``; a piece without ``=``
@@ -121,7 +122,7 @@ class SmoothGrad(Method):
         lo, hi = model.input_range
         generator = torch.Generator().manual_seed(seed)
         noise = torch.randn((p.samples, *x.shape[1:]), generator=generator, dtype=x.dtype).to(x.device)
-        noise *= p.noise_level * (hi - lo)
+        noise *= p.noise_level * (hi - lo)  # σ as a fraction of the input range
         chunk = min(x.shape[0], p.batch_size)
         block = max(1, p.batch_size // chunk)
         first = second = None
@@ -142,10 +143,11 @@ class SmoothGrad(Method):
                 if second is not None:
                     second[i0:i0 + chunk] += (attr * attr).sum(0)
         mean = first / p.samples
+        meta = {"noise_sigma": p.noise_level * (hi - lo)}
         if p.variant == "smoothgrad":
-            return mean
+            return mean, meta
         mean_sq = second / p.samples
-        return mean_sq if p.variant == "smoothgrad-squared" else mean_sq - mean * mean
+        return (mean_sq if p.variant == "smoothgrad-squared" else mean_sq - mean * mean), meta
 
 
 @hookimpl
