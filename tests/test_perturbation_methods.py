@@ -388,3 +388,24 @@ def test_numpy_callable_matches_the_torch_model_and_seed_fixes_the_result(name):
     if name != "occlusion":  # occlusion with a random fill draws it; here the fill is deterministic
         other = salfw.explain(name, black, x, target=[0, 2], seed=4, **SETTINGS[name]).attributions
         assert not torch.equal(b, other)
+
+
+def test_bad_perturbation_settings_are_clear_errors():
+    model, _ = linear_image_model()
+    x = rand((1, 1, 6, 6))
+    with pytest.raises(ParameterError, match="perturbation_params"):
+        salfw.explain("rise", model, x, perturbation="blur", perturbation_params=2.0)
+    with pytest.raises(salfw.core.errors.UnknownNameError):
+        salfw.explain("lime", model, x, perturbation="smudge", segmentation="grid")
+    with pytest.raises(ParameterError, match="sigma"):
+        salfw.explain("kernel-shap", model, x, perturbation="blur", perturbation_params={"sigma": -1.0},
+                      segmentation="grid")
+
+
+def test_lime_max_superpixel_size_reaches_single_pixels():
+    model, w = linear_image_model(4, shape=(1, 6, 6), classes=2)
+    x = rand((1, 1, 6, 6), 4)
+    e = salfw.explain("lime", model, x, segmentation="quickshift", max_superpixel_size=1, num_samples=50,
+                      perturbation="black")
+    assert int(e.meta["segments"][0].max()) == 35
+    assert e.meta["weights"][0].shape == (1, 36)
