@@ -308,12 +308,14 @@ def markdown_tables(result: Comparison, digits: int = 3) -> str:
     out = []
     for model in dict.fromkeys(r["model"] for r in result.rows):
         rows = [r for r in result.rows if r["model"] == model]
-        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        order = list(result.settings.get("metrics", []))
+        metrics = sorted(dict.fromkeys(r["metric"] for r in rows),
+                         key=lambda m: order.index(m) if m in order else len(order))
         directions = {r["metric"]: r["higher_is_better"] for r in rows}
         methods = list(dict.fromkeys(r["method"] for r in rows))
         cell = {(r["method"], r["metric"]): r for r in rows}
         out.append(f"### {model}\n")
-        out.append("| method | s / input | " + " | ".join(m + _arrow(directions[m]) for m in metrics) + " |")
+        out.append("| method | ms / input | " + " | ".join(m + _arrow(directions[m]) for m in metrics) + " |")
         out.append("|---" * (len(metrics) + 2) + "|")
         for method in methods:
             seconds = next(r["method_seconds_per_sample"] for r in rows if r["method"] == method)
@@ -321,7 +323,7 @@ def markdown_tables(result: Comparison, digits: int = 3) -> str:
             for metric in metrics:
                 r = cell.get((method, metric))
                 values.append("—" if r is None else f"{_fmt(r['mean'], digits)} ± {_fmt(r['sem'], 2)}")
-            out.append(f"| {method} | {seconds:.4f} | " + " | ".join(values) + " |")
+            out.append(f"| {method} | {1000 * seconds:.3g} | " + " | ".join(values) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -346,12 +348,14 @@ def plot_curves(result: Comparison, directory: Path) -> list[Path]:
         for ax, metric in zip(axes[0], panels):
             curves = by_metric[metric]
             fractions = curves["fractions"]
-            for name, values in curves.items():
-                if name in ("fractions", "random order"):
-                    continue
-                ax.plot(fractions, values, label=name, linewidth=1.2)
-            if "random order" in curves:
-                ax.plot(fractions, curves["random order"], "k--", label="random order", linewidth=1.5)
+            lines = [name for name in curves if name not in ("fractions", "random order", REFERENCE)]
+            colours = plt.get_cmap("tab20").colors
+            for index, name in enumerate(lines):
+                ax.plot(fractions, curves[name], label=name, linewidth=1.2, color=colours[index % 20],
+                        linestyle=("-", "-.", ":")[index // 20 % 3])
+            for name in ("random order", REFERENCE):
+                if name in curves:
+                    ax.plot(fractions, curves[name], "k--", label=name, linewidth=1.8)
             ax.set_title(f"{metric} ({model})")
             ax.set_xlabel("fraction of features " + ("inserted" if metric == "insertion" else "removed"))
             ax.set_ylabel("target probability")
