@@ -29,6 +29,7 @@ explanation (the region's plane is a model of the network around ``x`` only).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Sequence
 
 import torch
@@ -179,10 +180,10 @@ def _selection(outputs, n: int, k: int, device) -> tuple[torch.Tensor, str]:
         return eye.expand(n, k, k), "all"
     if isinstance(outputs, (tuple, list)) and len(outputs) == 2:
         return (pick(outputs[0]) - pick(outputs[1]))[:, None], "one"
-    if isinstance(outputs, (int, torch.Tensor)) and not isinstance(outputs, bool):
+    if isinstance(outputs, (numbers.Integral, torch.Tensor)) and not isinstance(outputs, bool):
         return pick(outputs)[:, None], "one"
-    raise ParameterError(f"'outputs' must be None (every output), an int or one per sample, or a pair (p, q) "
-                         f"for the difference y_p − y_q; got {outputs!r}")
+    raise ParameterError(f"'outputs' must be None (every output), an int or a tensor of one per sample, or a pair "
+                         f"(p, q) of those for the difference y_p − y_q; got {outputs!r}")
 
 
 def local_plane(model: WhiteBox | nn.Module, x: torch.Tensor, outputs=None,
@@ -194,7 +195,7 @@ def local_plane(model: WhiteBox | nn.Module, x: torch.Tensor, outputs=None,
     included) or a plain ``nn.Module``. ``x``: a batch (N, ...).
 
     ``outputs``: None for every output, giving ``W`` (N, K, *x.shape[1:]) and
-    ``B`` (N, K); an int (or one per sample) for that output, giving ``W`` shaped
+    ``B`` (N, K); an int (or a LongTensor, one per sample) for that output, giving ``W`` shaped
     like ``x`` and ``B`` (N,); a pair ``(p, q)`` (ints or one per sample) for the
     difference ``y_p − y_q``, i.e. ``W_p − W_q`` and ``B_p − B_q``.
 
