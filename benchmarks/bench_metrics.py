@@ -60,12 +60,13 @@ def main(argv=None) -> None:
     parser.add_argument("--loop-samples", type=int, default=10)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", default="mnist-mlp,mnist-cnn")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     x, _labels, description = load_data("mnist", args.samples)
     print(f"MoRF, {args.steps} steps, uniform-noise replacement, {description}, 1 thread")
     print(f"{'model':<10} {'salfw s':>9} {'loop s (scaled)':>16} {'ratio salfw/loop':>17}")
-    for name in ("mnist-mlp", "mnist-cnn"):
+    for name in args.models.split(","):
         model = salfw.load_model(f"builtin:{name}")
         e = salfw.explain("gradient", model, x)
         ours = best_of(lambda: salfw.evaluate("morf", model, x, e, steps=args.steps, baseline=False), args.repeats)

@@ -20,8 +20,8 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
     """Explain ``x`` with each method and draw the grid to ``<out>/compare.png``.
 
     ``params`` (from ``--set``) go to every method that declares them. With ``skip_unfit``
-    (``--all``), methods whose requirements the model lacks are listed in the grid as not run
-    instead of failing. Returns the image path and the skipped methods with their reasons.
+    (``--all``), methods whose requirements the model lacks are left out of the grid instead of
+    failing. Returns the image path and the skipped methods with their reasons.
     """
     import dataclasses
 
@@ -45,12 +45,15 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
     if unused and names:
         raise ParameterError(f"--set {', '.join(sorted(unused))}: no chosen method declares "
                              f"{'it' if len(unused) == 1 else 'them'}")
-    first = next(iter(explanations.values()), None)
     labels = None
-    if first is not None:
+    if explanations:
+        first = next(iter(explanations.values()))
         probabilities = first.meta["probabilities"]
         labels = [f"class {t} (p={probabilities[i][t]:.2f})" for i, t in enumerate(first.targets.tolist())]
-    path = draw_grid(x, explanations, Path(out) / "compare.png", model.input_range, labels, errors)
+    if not explanations:
+        raise ModelRequirementError("none of the chosen methods can explain this model: "
+                                    + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    path = draw_grid(x, explanations, Path(out) / "compare.png", model.input_range, labels)
     return path, errors
 
 

@@ -4,7 +4,8 @@ Signed maps (both signs present in the method's maps) use the diverging ``bwr`` 
 symmetric around zero (white = 0, scaled per map by its largest |value|); unsigned maps use the
 sequential ``inferno`` scaled from the map's minimum to its maximum -- the convention of the
 seed papers' figures and of :mod:`salfw.core.render`. Each column is labelled with the method
-and its kind, each row with the explained class and its probability.
+and its kind, each row with the explained class and its probability. Methods that could not run
+are left out (the callers report them).
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ from salfw.core.explanation import Explanation
 
 
 def draw_grid(x, explanations: dict[str, Explanation], path: str | Path, input_range=(0.0, 1.0),
-              labels: list[str] | None = None, errors: dict[str, str] | None = None) -> Path:
-    """Save the grid for inputs ``x`` (N, C, H, W) and ``{method: Explanation}`` to ``path``.
-
-    ``labels`` name the rows; ``errors`` maps methods that could not run to a short reason
-    (their column is left blank with the reason).
-    """
+              labels: list[str] | None = None) -> Path:
+    """Save the grid for inputs ``x`` (N, C, H, W) and ``{method: Explanation}`` to ``path``;
+    ``labels`` name the rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,22 +28,17 @@ def draw_grid(x, explanations: dict[str, Explanation], path: str | Path, input_r
 
     from salfw.core.render import colourise
 
-    errors = errors or {}
-    columns = ["input", *explanations, *errors]
+    columns = ["input", *explanations]
     images = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
     n = images.shape[0]
     lo, hi = input_range
     fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.7 * n + 0.4), squeeze=False)
     for j, name in enumerate(columns):
-        if name == "input":
-            title = "input"
-        elif name in explanations:
-            title = f"{name}\n({explanations[name].kind})"
-        else:
-            title = f"{name}\n(not run)"
+        title = "input" if name == "input" else f"{name}\n({explanations[name].kind})"
         axes[0][j].set_title(title, fontsize=7)
-        signed = explanations[name].signed if name in explanations else False
-        maps = explanations[name].heatmap().detach().cpu().numpy() if name in explanations else None
+        if name != "input":
+            signed = explanations[name].signed
+            maps = explanations[name].heatmap().detach().cpu().numpy()
         for i in range(n):
             ax = axes[i][j]
             ax.set_xticks([])
@@ -56,14 +49,11 @@ def draw_grid(x, explanations: dict[str, Explanation], path: str | Path, input_r
                           vmin=0, vmax=1)
                 if labels is not None:
                     ax.set_ylabel(labels[i], fontsize=7)
-            elif maps is not None:
-                ax.imshow(colourise(maps[i], signed))
             else:
-                ax.text(0.5, 0.5, errors[name][:60], fontsize=5, ha="center", va="center", wrap=True)
-                ax.set_axis_off()
+                ax.imshow(colourise(maps[i], signed))
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
