@@ -1,0 +1,169 @@
+"""DeepLIFT with the rescale rule (Shrikumar, Greenside & Kundaje 2017, "Learning important
+features through propagating activation differences").
+
+Each input's contribution is ``(x − x̄) · m`` where the multiplier ``m`` is a
+gradient in which every nonlinearity's local derivative is replaced by its
+difference quotient against the reference pass: for ReLU
+``(y − ȳ) / (x − x̄)``, falling back to the gradient where ``|x − x̄| < 1e-10``;
+linear layers (Linear, Conv2d, pooling averages, BatchNorm in eval mode,
+additions) keep their gradient. So the contributions sum to
+``f(x) − f(x̄)`` (summation-to-delta). MaxPool2d follows Captum's ``DeepLift``:
+the output difference is split between the input's and the reference's winners
+and divided by the input difference. As in Captum the input and the reference go
+through the network as one batch ``[x; x̄]``, and the modified derivatives are
+installed by forward hooks on a deep copy of the module (ReLU and MaxPool2d
+modules; a functional ``F.relu`` cannot be hooked and is refused).
+
+The reference (baseline) is chosen as for integrated gradients: a perturbation
+name (``black`` -- the default, the paper's all-zero reference for [0, 1] images
+-- ``white``, ``mean``, ``blur``, ``uniform-noise``, ...) filling the whole input,
+or a tensor shaped like one sample or like the batch. Local explanation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salfw.core.api import make_perturbation
+from salfw.core.contracts import Method
+from salfw.core.errors import InputError, ModelRequirementError, ParameterError
+from salfw.core.hookspecs import hookimpl
+from salfw.core.params import param
+from salfw.plugins.lrp.engine import network_for
+
+EPS = 1e-10  # Captum's threshold for |x − x̄| below which the gradient is used
+
+
+def _halves(t: torch.Tensor) -> torch.Tensor:
+    """``[a; b] -> [a − b; a − b]``: the difference to the reference, for both halves."""
+    a, b = t.chunk(2)
+    return torch.cat([a - b, a - b])
+
+
+class _RescaleReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clamp(min=0)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        dx, dy = _halves(x), _halves(y)
+        small = dx.abs() < EPS
+        return torch.where(small, grad * (x > 0).to(grad), grad * dy / torch.where(small, torch.ones_like(dx), dx))
+
+
+class _RescaleMaxPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, module):
+        y, indices = F.max_pool2d(x, module.kernel_size, module.stride, module.padding, module.dilation,
+                                  module.ceil_mode, return_indices=True)
+        ctx.module = module
+        ctx.save_for_backward(x, y, indices)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, indices = ctx.saved_tensors
+        m = ctx.module
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            pooled = F.max_pool2d(xg, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+            (plain,) = torch.autograd.grad(pooled, xg, grad)
+        out, ref = y.chunk(2)
+        top = torch.max(out, ref)
+        delta_out = torch.cat([top - ref, out - top])
+        spread = F.max_unpool2d(grad * delta_out, indices, m.kernel_size, m.stride, m.padding,
+                                output_size=x.shape[-2:])
+        a, b = spread.chunk(2)
+        spread = torch.cat([a + b, a + b])
+        dx = _halves(x)
+        small = dx.abs() < EPS
+        return torch.where(small, plain, spread / torch.where(small, torch.ones_like(dx), dx)), None
+
+
+def _hook_relu(module, inputs, output):
+    return _RescaleReLU.apply(inputs[0])
+
+
+def _hook_maxpool(module, inputs, output):
+    return _RescaleMaxPool.apply(inputs[0], module)
+
+
+def baseline_for(spec, x: torch.Tensor, input_range, seed: int) -> torch.Tensor:
+    """The reference input: a perturbation's fill over the whole input, or a user tensor."""
+    if isinstance(spec, str):
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        fill = make_perturbation(spec).fill(x, input_range, generator)
+        return torch.broadcast_to(fill, x.shape).to(x.dtype)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return torch.full_like(x, float(spec))
+    if isinstance(spec, torch.Tensor):
+        b = spec.to(device=x.device, dtype=x.dtype)
+        if b.shape == x.shape or b.shape == x.shape[1:]:
+            return torch.broadcast_to(b, x.shape)
+        raise InputError(f"baseline tensor must be shaped like one sample {tuple(x.shape[1:])} or like the batch "
+                         f"{tuple(x.shape)}; got {tuple(b.shape)}")
+    raise ParameterError(f"baseline must be a perturbation name (black, white, mean, blur, uniform-noise, ...), "
+                         f"a number or a tensor; got {spec!r}")
+
+
+class DeepLift(Method):
+    name = "deeplift"
+    box = "white"
+    kind = "additive"
+    summary = "DeepLIFT rescale rule: contributions of x - baseline (Shrikumar et al. 2017)"
+    scope = "local"
+    requires = ("ReLU as nn.ReLU modules", "Linear/Conv2d/pooling/BatchNorm layers and additions")
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        baseline: object = param("black", "reference input: a perturbation name (black, white, mean, blur, "
+                                           "uniform-noise, ...), a number or a tensor")
+        batch_size: int = param(64, "samples per forward/backward pass", low=1)
+
+    def check_model(self, model):
+        super().check_model(model)
+        net = network_for(self, model, keep=False)  # refuses unsupported layers, names them
+        for node in net.nodes:
+            if node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) == "relu":
+                raise ModelRequirementError(
+                    f"'deeplift' replaces the derivative of nn.ReLU modules; the functional relu in node "
+                    f"'{node.name}' of {type(model.module).__name__}.forward cannot be hooked (use nn.ReLU)")
+
+    def attribute(self, model, x, targets, seed):
+        baseline = baseline_for(self.params.baseline, x, model.input_range, seed)
+        module = copy.deepcopy(model.module).eval()
+        for m in module.modules():
+            if isinstance(m, nn.ReLU):
+                m.inplace = False
+                m.register_forward_hook(_hook_relu)
+            elif isinstance(m, nn.MaxPool2d):
+                m.register_forward_hook(_hook_maxpool)
+        network = nn.Sequential(model.preprocessing, module)
+        size = self.params.batch_size
+        out = []
+        for i in range(0, x.shape[0], size):
+            xs, bs, ts = x[i:i + size], baseline[i:i + size], targets[i:i + size]
+            n = xs.shape[0]
+            with torch.enable_grad():
+                both = torch.cat([xs, bs]).detach().requires_grad_(True)
+                logits = network(both).reshape(2 * n, -1)
+                selected = logits.gather(1, torch.cat([ts, ts]).view(-1, 1)).sum()
+                (grad,) = torch.autograd.grad(selected, both)
+            model.forward_passes += 2 * n
+            model.count_backward(2 * n)
+            out.append((xs - bs) * grad[:n])
+        return torch.cat(out), {"baseline": baseline}
+
+
+@hookimpl
+def salfw_register_methods(register):
+    register(DeepLift)

@@ -1,0 +1,273 @@
+"""Relevance rules for Linear and Conv2d layers, and the registry plugins extend.
+
+Every rule follows the "modified gradient" form Zennit uses (Anders et al.,
+"Software for dataset-wide XAI", 2021): for a layer ``z = layer(x; w, b)`` the
+rule forms one or more modified copies ``z_m = layer(f_m(x); g_m(w), g_m(b))``
+and the input relevance is
+
+    R_in = sum_m c_m * f_m(x) ⊙ ∂/∂x' [ z_m · (R_out / stab(d)) ]
+
+with ``d`` the rule's denominator, i.e. for the plain z-rule
+``R_j = Σ_k x_j w_jk R_k / z_k``. ``stab(d) = d + ε·sign(d)`` (sign(0) = +1),
+Zennit's stabiliser. The rules and their defaults are Zennit 0.5's:
+
+=============  ===========================================================================
+``epsilon``    ``x w`` over ``z + ε sign z`` (Bach et al. 2015; ε = 1e-6)
+``z-plus``     ``x⁺w⁺ + x⁻w⁻`` over their sum; bias only in the positive part (Montavon et al. 2017)
+``alpha-beta`` ``α (x⁺w⁺ + x⁻w⁻)/(…) − β (x⁺w⁻ + x⁻w⁺)/(…)`` (Bach et al. 2015; α = 2, β = 1)
+``gamma``      weights ``w + γ w⁺`` for positive outputs, ``w + γ w⁻`` for negative ones
+               (Montavon et al. 2019, generalised as in Zennit; γ = 0.25)
+``z-box``      ``x w − l w⁺ − h w⁻`` with input bounds l ≤ x ≤ h (Montavon et al. 2017)
+``w-square``   ``w²`` with unit inputs (Montavon et al. 2017)
+``flat``       unit weights and inputs, no bias (Lapuschkin et al. 2019)
+``pass``       relevance passes unchanged (shapes must agree)
+``excitation`` ``x w⁺`` over its sum, no bias: the marginal winning probability of
+               excitation backprop (Zhang et al. 2018)
+=============  ===========================================================================
+
+A rule is a callable ``rule(layer, x, z, relevance) -> relevance_in``; ``layer``
+is a :class:`Layer` (the module with ``weight``, ``bias`` and a functional
+forward). :func:`register_rule` adds a factory ``factory(settings) -> rule``
+where ``settings`` is a :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salfw.core.errors import ParameterError, UnknownNameError
+
+
+def stabilize(d: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``d + ε·sign(d)`` with sign(0) = +1 (Zennit's ``stabilize``), so the division is safe."""
+    return d + ((d == 0).to(d) + d.sign()) * epsilon
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The numbers rules take; defaults are Zennit 0.5's (``EpsilonPlus``, ``Gamma``, ``AlphaBeta``).
+    ``low``/``high`` are the bounds of the network input (z-box), set by the method."""
+
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    stabilizer: float = 1e-6
+    low: torch.Tensor | float = 0.0
+    high: torch.Tensor | float = 1.0
+
+
+class Layer:
+    """A Linear or Conv2d layer seen by a rule: its parameters and ``forward(x, weight, bias)``."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.weight = module.weight
+        self.bias = module.bias
+        if isinstance(module, nn.Linear):
+            self.forward = F.linear
+        else:
+            self.forward = module._conv_forward
+
+
+def _pos(t):
+    return None if t is None else t.clamp(min=0)
+
+
+def _neg(t):
+    return None if t is None else t.clamp(max=0)
+
+
+def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[tuple],
+                       mapper: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Forward each modified input through the layer with its modified (weight, bias), map the
+    outputs to output gradients with ``mapper`` and return ``∂(Σ_m z_m · g_m)/∂ input_m``."""
+    with torch.enable_grad():
+        ins = [i.detach().requires_grad_(True) for i in inputs]
+        outs = [layer.forward(i, w, b) for i, (w, b) in zip(ins, params)]
+        grads = mapper([o.detach() for o in outs])
+        return list(torch.autograd.grad(outs, ins, grad_outputs=grads))
+
+
+class Rule:
+    """Base class: ``name`` for diagnostics, ``__call__(layer, x, z, relevance)``."""
+
+    name = "rule"
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self):
+        return self.name
+
+
+class Epsilon(Rule):
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def __call__(self, layer, x, z, relevance):
+        (g,) = modified_gradients(layer, [x], [(layer.weight, layer.bias)],
+                                  lambda o: [relevance / stabilize(o[0], self.epsilon)])
+        return x * g
+
+
+class ZPlus(Rule):
+    name = "z-plus"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        w, b = layer.weight, layer.bias
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        gp, gn = modified_gradients(layer, [xp, xn], [(_pos(w), _pos(b)), (_neg(w), None)],
+                                    lambda o: [relevance / stabilize(o[0] + o[1], self.stabilizer)] * 2)
+        return xp * gp + xn * gn
+
+
+class AlphaBeta(Rule):
+    name = "alpha-beta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
+            raise ParameterError(f"alpha-beta rule needs alpha, beta >= 0 and alpha - beta = 1 (conservation); "
+                                 f"got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        w, b = layer.weight, layer.bias
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+
+        def mapper(o):
+            dp = stabilize(o[0] + o[1], self.stabilizer)
+            dn = stabilize(o[2] + o[3], self.stabilizer)
+            return [relevance / dp] * 2 + [relevance / dn] * 2
+
+        g = modified_gradients(layer, [xp, xn, xp, xn],
+                               [(_pos(w), _pos(b)), (_neg(w), None), (_neg(w), _neg(b)), (_pos(w), None)], mapper)
+        return self.alpha * (xp * g[0] + xn * g[1]) - self.beta * (xp * g[2] + xn * g[3])
+
+
+class Gamma(Rule):
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
+        self.gamma, self.stabilizer = gamma, stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        w, b, gm = layer.weight, layer.bias, self.gamma
+        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        wp, wn = w + gm * w.clamp(min=0), w + gm * w.clamp(max=0)
+        bp = None if b is None else b + gm * b.clamp(min=0)
+        bn = None if b is None else b + gm * b.clamp(max=0)
+
+        def mapper(o):
+            up = (z > 0).to(z) * relevance / stabilize(o[0] + o[1], self.stabilizer)
+            down = (z < 0).to(z) * relevance / stabilize(o[2] + o[3], self.stabilizer)
+            return [up, up, down, down]
+
+        g = modified_gradients(layer, [xp, xn, xp, xn], [(wp, bp), (wn, None), (wn, bn), (wp, None)], mapper)
+        return xp * g[0] + xn * g[1] + xp * g[2] + xn * g[3]
+
+
+class ZBox(Rule):
+    name = "z-box"
+
+    def __init__(self, low, high, stabilizer: float = 1e-6):
+        self.low, self.high, self.stabilizer = low, high, stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        w, b = layer.weight, layer.bias
+        low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
+        high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
+        g = modified_gradients(layer, [x, low, high], [(w, b), (_pos(w), _pos(b)), (_neg(w), _neg(b))],
+                               lambda o: [relevance / stabilize(o[0] - o[1] - o[2], self.stabilizer)] * 3)
+        return x * g[0] - low * g[1] - high * g[2]
+
+
+class WSquare(Rule):
+    name = "w-square"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        b = layer.bias
+        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(layer.weight ** 2, None if b is None else b ** 2)],
+                                  lambda o: [relevance / stabilize(o[0], self.stabilizer)])
+        return g
+
+
+class Flat(Rule):
+    name = "flat"
+
+    def __init__(self, stabilizer: float = 1e-6):
+        self.stabilizer = stabilizer
+
+    def __call__(self, layer, x, z, relevance):
+        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(torch.ones_like(layer.weight), None)],
+                                  lambda o: [relevance / stabilize(o[0], self.stabilizer)])
+        return g
+
+
+class Pass(Rule):
+    name = "pass"
+
+    def __call__(self, layer, x, z, relevance):
+        if relevance.shape != x.shape:
+            raise ParameterError(f"the pass rule needs a layer whose input and output have the same shape; "
+                                 f"got {tuple(x.shape)} -> {tuple(relevance.shape)}")
+        return relevance
+
+
+class Excitation(Rule):
+    """Marginal winning probability ``p_j = x_j Σ_i w⁺_ji p_i / Σ_k w⁺_ki x_k`` (Zhang et al. 2018).
+    ``negate=True`` uses ``(−w)⁺``: the dual "non-target" units of contrastive excitation backprop."""
+
+    name = "excitation"
+
+    def __init__(self, stabilizer: float = 1e-6, negate: bool = False):
+        self.stabilizer, self.negate = stabilizer, negate
+
+    def __call__(self, layer, x, z, relevance):
+        w = (-layer.weight if self.negate else layer.weight).clamp(min=0)
+        (g,) = modified_gradients(layer, [x], [(w, None)],
+                                  lambda o: [relevance / stabilize(o[0], self.stabilizer)])
+        return x * g
+
+
+#: rule name -> factory(settings) -> rule
+RULES: dict[str, Callable[[Settings], Rule]] = {
+    "epsilon": lambda s: Epsilon(s.epsilon),
+    "z-plus": lambda s: ZPlus(s.stabilizer),
+    "alpha-beta": lambda s: AlphaBeta(s.alpha, s.beta, s.stabilizer),
+    "gamma": lambda s: Gamma(s.gamma, s.stabilizer),
+    "z-box": lambda s: ZBox(s.low, s.high, s.stabilizer),
+    "w-square": lambda s: WSquare(s.stabilizer),
+    "flat": lambda s: Flat(s.stabilizer),
+    "pass": lambda s: Pass(),
+    "excitation": lambda s: Excitation(s.stabilizer),
+}
+
+
+def register_rule(name: str, factory: Callable[[Settings], Rule]) -> None:
+    """Add a rule under ``name`` (a plugin's own rule); a name already taken is an error."""
+    if name in RULES:
+        raise ParameterError(f"an LRP rule named '{name}' is already registered")
+    RULES[name] = factory
+
+
+def make_rule(name: str | Rule, settings: Settings) -> Rule:
+    """A rule instance from its registered name (instances pass through)."""
+    if isinstance(name, Rule):
+        return name
+    if name not in RULES:
+        raise UnknownNameError(f"unknown LRP rule '{name}'; registered rules: {', '.join(sorted(RULES))}")
+    return RULES[name](settings)

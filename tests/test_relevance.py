@@ -1,0 +1,340 @@
+"""Relevance propagation family: conservation, sign and bound properties, closed forms,
+Captum's LRP test cases and the registries. All in float64 on small random networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+import salfw
+from salfw.core.errors import ModelRequirementError, ParameterError, UnknownNameError
+from salfw.plugins.lrp import COMPOSITES, RULES, Rule, register_composite, register_rule
+
+SETTINGS = settings(max_examples=15, deadline=None)
+
+
+class Residual(nn.Module):
+    """A ResNet-style basic block: relu(x + conv(relu(conv(x)))), not an nn.Sequential."""
+
+    def __init__(self, c, bias=False):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=bias)
+        self.out = nn.ReLU()
+
+    def forward(self, x):
+        return self.out(x + self.conv2(self.relu(self.conv1(x))))
+
+
+def mlp(seed, widths, bias=False):
+    torch.manual_seed(seed)
+    layers, d = [nn.Flatten()], 16
+    for w in widths:
+        layers += [nn.Linear(d, w, bias=bias), nn.ReLU()]
+        d = w
+    layers.append(nn.Linear(d, 4, bias=bias))
+    return nn.Sequential(*layers).double()
+
+
+def cnn(seed, channels, bias=False, residual=False):
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(1, channels, 3, padding=1, bias=bias), nn.ReLU(), nn.MaxPool2d(2)]
+    if residual:
+        layers.append(Residual(channels, bias))
+    layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=bias), nn.ReLU(), nn.AvgPool2d(2),
+               nn.Flatten(), nn.Linear(channels * 4, 4, bias=bias)]
+    return nn.Sequential(*layers).double()
+
+
+networks = st.one_of(
+    st.builds(mlp, st.integers(0, 10_000), st.lists(st.integers(2, 12), min_size=1, max_size=3)),
+    st.builds(cnn, st.integers(0, 10_000), st.integers(1, 5), st.just(False), st.booleans()))
+
+
+plain_networks = st.one_of(
+    st.builds(mlp, st.integers(0, 10_000), st.lists(st.integers(2, 12), min_size=1, max_size=3)),
+    st.builds(cnn, st.integers(0, 10_000), st.integers(1, 5)))
+
+
+def inputs(net, seed, n=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64) if isinstance(net[0], nn.Flatten) and \
+        net[1].in_features == 16 else torch.rand(n, 1, 8, 8, generator=g, dtype=torch.float64)
+
+
+def input_x_gradient(model, x, targets):
+    x = x.clone().requires_grad_(True)
+    out = model.forward(x).gather(1, targets[:, None]).sum()
+    (g,) = torch.autograd.grad(out, x)
+    return x.detach() * g
+
+
+def assert_conserved(e, logits, rel=1e-5):
+    """Each layer's input relevance and the input's sum to the explained logit."""
+    explained = logits.gather(1, e.targets[:, None])[:, 0]
+    tol = rel * explained.abs().clamp(min=1e-3)
+    for layer in e.meta["layers"]:
+        assert (torch.tensor(layer["relevance_in"], dtype=torch.float64) - explained).abs().le(tol).all(), layer
+    assert (e.attributions.flatten(1).sum(1) - explained).abs().le(tol).all()
+
+
+@SETTINGS
+@given(plain_networks, st.integers(0, 1000), st.sampled_from([
+    ("deep-taylor", {"first_rule": "z-box"}), ("deep-taylor", {"first_rule": "w-square"}),
+    ("deep-taylor", {"first_rule": "z-plus"}), ("lrp", {"rules": "*=epsilon", "epsilon": 1e-12}),
+    ("lrp", {"rules": "*=z-plus"}), ("lrp", {"composite": "epsilon-plus", "epsilon": 1e-12})]))
+def test_conservation_at_every_layer(net, seed, method):
+    """Bias-free ReLU networks: relevance sums to the explained logit at every Linear/Conv layer.
+    (Residual additions are checked with LRP-ε below: z⁺ is not conservative across an addition
+    whose branch has no positive contribution.)"""
+    name, params = method
+    model = salfw.WhiteBox(net)
+    x = inputs(net, seed)
+    e = salfw.explain(name, model, x, **params, stabilizer=1e-12)
+    logits = model.scores(x)
+    # z-plus loses relevance only where a unit has no positive input at all (z+ = 0); skip those draws
+    if any(min(abs(v) for v in layer["relevance_out"]) < 1e-9 for layer in e.meta["layers"]):
+        return
+    assert_conserved(e, logits)
+
+
+@SETTINGS
+@given(plain_networks, st.integers(0, 1000), st.floats(-0.5, 0.5), st.floats(0.5, 3.0), st.booleans())
+def test_z_plus_sign_and_z_box_bounds(net, seed, offset, scale, invert):
+    """Deep Taylor relevance has the sign of the explained logit everywhere (z+ hidden layers are
+    non-negative for a positive logit; z^B is non-negative for inputs inside its box), also when
+    the preprocessing (offset, scale, invert) moves the box away from the pixel range. (Not with
+    residual additions: a branch with a negative sum takes a negative share there.)"""
+    model = salfw.WhiteBox(net, offset=offset, scale=scale, invert=invert)
+    x = inputs(net, seed)
+    e = salfw.explain("deep-taylor", model, x)
+    sign = model.scores(x).gather(1, e.targets[:, None]).sign().view(-1, *([1] * (x.dim() - 1)))
+    assert ((e.attributions * sign) >= -1e-12).all()
+    lo, hi = model.preprocessing.bounds(model.input_range, x)
+    y = model.preprocessing(x)
+    assert (y >= lo - 1e-12).all() and (y <= hi + 1e-12).all()
+
+
+def test_z_box_closed_form_on_one_layer():
+    """One bias-free linear layer: R_j = (x_j w_j − l w⁺_j − h w⁻_j) / Σ (…) · z, with the box of
+    [0, 1] mapped through offset −0.5 and scale 2, i.e. l = −1, h = 1."""
+    torch.manual_seed(3)
+    layer = nn.Linear(5, 2, bias=False).double()
+    model = salfw.WhiteBox(layer, offset=-0.5, scale=2.0)
+    x = torch.rand(4, 5, dtype=torch.float64)
+    e = salfw.explain("deep-taylor", model, x, target=1, stabilizer=0.0)
+    w, y = layer.weight[1].detach(), 2 * (x - 0.5)
+    num = y * w - (-1.0) * w.clamp(min=0) - 1.0 * w.clamp(max=0)
+    expected = num / num.sum(1, keepdim=True) * (y @ w)[:, None]
+    torch.testing.assert_close(e.attributions, expected, rtol=1e-10, atol=1e-12)
+
+
+@SETTINGS
+@given(networks, st.integers(0, 1000))
+def test_epsilon_lrp_and_deeplift_equal_input_x_gradient(net, seed):
+    """Bias-free ReLU network (max/avg pooling, residual additions), zero baseline:
+    LRP-ε (ε → 0) and DeepLIFT-rescale both equal input × gradient."""
+    model = salfw.WhiteBox(net)
+    x = inputs(net, seed)
+    e = salfw.explain("lrp", model, x, rules="*=epsilon", epsilon=1e-13, stabilizer=1e-13)
+    ixg = input_x_gradient(model, x, e.targets)
+    torch.testing.assert_close(e.attributions, ixg, rtol=1e-6, atol=1e-9)
+    d = salfw.explain("deeplift", model, x, baseline="black")
+    torch.testing.assert_close(d.attributions, ixg, rtol=1e-6, atol=1e-9)
+
+
+@SETTINGS
+@given(st.integers(0, 10_000), st.integers(1, 4), st.integers(0, 1000), st.sampled_from(["white", "blur", "mean"]))
+def test_deeplift_summation_to_delta(net_seed, channels, seed, baseline):
+    """Rescale rule with biases, max pooling and a residual block: Σ attributions = f(x) − f(x̄)."""
+    net = cnn(net_seed, channels, bias=True, residual=True)
+    model = salfw.WhiteBox(net)
+    x = inputs(net, seed)
+    e = salfw.explain("deeplift", model, x, baseline=baseline)
+    delta = (model.scores(x) - model.scores(e.meta["baseline"])).gather(1, e.targets[:, None])[:, 0]
+    torch.testing.assert_close(e.attributions.flatten(1).sum(1), delta, rtol=1e-7, atol=1e-10)
+
+
+def test_deeplift_baseline_tensor_and_errors():
+    net = cnn(0, 2, bias=True)
+    model = salfw.WhiteBox(net)
+    x = inputs(net, 0)
+    base = torch.full((1, 8, 8), 0.25, dtype=torch.float64)
+    e = salfw.explain("deeplift", model, x, baseline=base)
+    delta = (model.scores(x) - model.scores(base.expand_as(x))).gather(1, e.targets[:, None])[:, 0]
+    torch.testing.assert_close(e.attributions.flatten(1).sum(1), delta)
+    with pytest.raises(salfw.core.errors.InputError, match="baseline tensor"):
+        salfw.explain("deeplift", model, x, baseline=torch.zeros(3, 3))
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return torch.relu(self.fc(x))
+
+    with pytest.raises(ModelRequirementError, match="functional relu"):
+        salfw.explain("deeplift", salfw.WhiteBox(Functional()), torch.rand(2, 4))
+
+
+@SETTINGS
+@given(plain_networks, st.integers(0, 1000))
+def test_excitation_backprop_is_a_probability(net, seed):
+    """With non-negative inputs the marginal winning probabilities are ≥ 0 and sum to 1; the
+    contrastive map is their difference with the dual unit's, summing to 0."""
+    model = salfw.WhiteBox(net)
+    x = inputs(net, seed)
+    e = salfw.explain("excitation-backprop", model, x, stabilizer=1e-14)
+    c = salfw.explain("contrastive-excitation-backprop", model, x, stabilizer=1e-14)
+    assert (e.attributions >= 0).all() and (c.meta["dual_map"] >= 0).all()
+    target_sum, dual_sum = e.attributions.flatten(1).sum(1), c.meta["dual_map"].flatten(1).sum(1)
+    # probability is lost only through a unit without any excitatory input (tiny random nets)
+    alive = (target_sum > 0.5) & (dual_sum > 0.5)
+    torch.testing.assert_close(target_sum[alive], torch.ones_like(target_sum[alive]))
+    torch.testing.assert_close(dual_sum[alive], torch.ones_like(dual_sum[alive]))
+    torch.testing.assert_close(c.attributions.flatten(1).sum(1)[alive], torch.zeros_like(dual_sum[alive]),
+                               atol=1e-7, rtol=0)
+    torch.testing.assert_close(c.attributions, c.meta["target_map"] - c.meta["dual_map"])
+    torch.testing.assert_close(c.meta["target_map"], e.attributions)
+
+
+def test_excitation_backprop_closed_form_one_layer():
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 3, bias=True).double()
+    x = torch.rand(2, 6, dtype=torch.float64)
+    e = salfw.explain("excitation-backprop", salfw.WhiteBox(layer), x, target=2, stabilizer=0.0)
+    w = layer.weight[2].detach()
+    expected = x * w.clamp(min=0) / (x @ w.clamp(min=0))[:, None]
+    torch.testing.assert_close(e.attributions, expected)
+    c = salfw.explain("contrastive-excitation-backprop", salfw.WhiteBox(layer), x, target=2, stabilizer=0.0)
+    dual = x * (-w).clamp(min=0) / (x @ (-w).clamp(min=0))[:, None]
+    torch.testing.assert_close(c.attributions, expected - dual)
+
+
+# -- Captum's LRP test cases (captum/tests/attr/test_lrp.py, SimpleLRPModel) ------------------
+def simple_lrp_model(first_weight=None):
+    """Linear(3, 3) weights 2 -> ReLU -> Linear(3, 1) weights 3 -> Dropout, no biases."""
+    model = nn.Sequential()
+    model.add_module("linear", nn.Linear(3, 3, bias=False))
+    model.add_module("relu", nn.ReLU())
+    model.add_module("linear2", nn.Linear(3, 1, bias=False))
+    model.add_module("dropout", nn.Dropout(0.01))
+    model.linear.weight.data.fill_(2.0)
+    model.linear2.weight.data.fill_(3.0)
+    if first_weight is not None:
+        model.linear.weight.data[0][0] = first_weight
+    return model.double()
+
+
+@pytest.mark.parametrize("first_weight, params, expected", [
+    (None, {"rules": "*=epsilon", "epsilon": 1e-9}, [18.0, 36.0, 54.0]),
+    # Captum: GammaRule(gamma=1) on linear, GammaRule() on linear2, whose weights and inputs are all
+    # positive so that any gamma there equals the z-rule (epsilon)
+    (-2.0, {"rules": "linear=gamma;linear2=epsilon", "gamma": 1.0}, [28 / 3, 104 / 3, 52.0]),
+    (-2.0, {"rules": "*=alpha-beta", "alpha": 1.0, "beta": 0.0}, [12.0, 33.6, 50.4]),
+    (-2.0, {"rules": "*=z-plus"}, [12.0, 33.6, 50.4]),
+])
+def test_captum_simple_lrp_model(first_weight, params, expected):
+    model = salfw.WhiteBox(simple_lrp_model(first_weight), input_range=(0, 3))
+    x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    e = salfw.explain("lrp", model, x, target=0, **params)
+    torch.testing.assert_close(e.attributions, torch.tensor([expected], dtype=torch.float64), rtol=1e-6, atol=1e-6)
+
+
+# -- layers, errors and registries ----------------------------------------------------------------
+def test_batchnorm_is_folded_on_a_copy_and_model_unchanged():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(3 * 64, 4), nn.BatchNorm1d(4)).double().eval()
+    net[1].running_mean.uniform_(-1, 1)
+    net[1].running_var.uniform_(0.5, 2)
+    before = [t.clone() for t in net.state_dict().values()]
+    model = salfw.WhiteBox(net)
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    e = salfw.explain("lrp", model, x, rules="*=epsilon", epsilon=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.state_dict().values()))
+    # LRP-0 with biases: input relevance + what the biases absorbed = the explained logit
+    explained = model.scores(x).gather(1, e.targets[:, None])[:, 0]
+    absorbed = sum(torch.tensor(l["absorbed"], dtype=torch.float64) for l in e.meta["layers"])
+    torch.testing.assert_close(e.attributions.flatten(1).sum(1) + absorbed, explained)
+
+
+def test_unsupported_layers_are_named():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    with pytest.raises(ModelRequirementError, match=r"'1' of type Tanh"):
+        salfw.explain("lrp", salfw.WhiteBox(net), torch.rand(2, 4))
+    bn_first = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(ModelRequirementError, match=r"'0' \(BatchNorm1d\) does not directly follow"):
+        salfw.explain("deep-taylor", salfw.WhiteBox(bn_first), torch.rand(2, 4))
+
+    class Mul(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x) * 2
+
+    with pytest.raises(ModelRequirementError, match="operation 'mul'"):
+        salfw.explain("excitation-backprop", salfw.WhiteBox(Mul()), torch.rand(2, 4))
+
+
+def test_rule_mapping_errors():
+    model = salfw.WhiteBox(simple_lrp_model(), input_range=(0, 3))
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    with pytest.raises(ParameterError, match="matches no Linear/Conv2d layer"):
+        salfw.explain("lrp", model, x, rules="features.*=epsilon")
+    with pytest.raises(ParameterError, match="looks like"):
+        salfw.explain("lrp", model, x, rules="linear")
+    with pytest.raises(UnknownNameError, match="unknown LRP rule 'nope'"):
+        salfw.explain("lrp", model, x, rules="linear=nope")
+    with pytest.raises(UnknownNameError, match="unknown LRP composite"):
+        salfw.explain("lrp", model, x, composite="nope")
+    with pytest.raises(ParameterError, match="alpha - beta = 1"):
+        salfw.explain("lrp", model, x, rules="*=alpha-beta", alpha=3.0, beta=1.0)
+
+
+def test_plugins_register_rules_and_composites():
+    class Half(Rule):
+        """Gives half of the z-rule relevance (absorbs the other half)."""
+
+        name = "half"
+
+        def __call__(self, layer, x, z, relevance):
+            return 0.5 * RULES["epsilon"](self.settings)(layer, x, z, relevance)
+
+    def make(settings):
+        rule = Half()
+        rule.settings = settings
+        return rule
+
+    register_rule("test-half", make)
+    register_composite("test-all-half", lambda layers: {l.path: "test-half" for l in layers})
+    try:
+        with pytest.raises(ParameterError, match="already registered"):
+            register_rule("test-half", make)
+        model = salfw.WhiteBox(simple_lrp_model(), input_range=(0, 3))
+        x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+        e = salfw.explain("lrp", model, x, composite="test-all-half", epsilon=1e-9)
+        torch.testing.assert_close(e.attributions, torch.tensor([[4.5, 9.0, 13.5]], dtype=torch.float64))
+        assert [l["rule"] for l in e.meta["layers"]] == ["half", "half"]
+    finally:
+        RULES.pop("test-half")
+        COMPOSITES.pop("test-all-half")
+
+
+def test_deep_taylor_all_outputs():
+    net = cnn(4, 3)
+    model = salfw.WhiteBox(net)
+    x = inputs(net, 2)
+    e = salfw.explain("deep-taylor", model, x, all_outputs=True)
+    every = e.meta["all_outputs"]
+    assert every.shape == (3, 4, 1, 8, 8)
+    for k in range(4):
+        single = salfw.explain("deep-taylor", model, x, target=k).attributions
+        torch.testing.assert_close(every[:, k], single)
+    torch.testing.assert_close(e.attributions, every[torch.arange(3), e.targets])
