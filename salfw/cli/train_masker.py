@@ -15,7 +15,7 @@ TRAIN_SAMPLES = 8000
 
 @click.command("train-masker")
 @click.option("--model", "spec", default="builtin:mnist-cnn", show_default=True, help="model spec to explain")
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1), help="passes over the data")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="passes over the data")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="masker file to write (.safetensors)")
 @click.option("--seed", default=0, show_default=True, type=int, help="seed of the initialisation and shuffling")
 @click.option("--samples", default=TRAIN_SAMPLES, show_default=True, type=click.IntRange(1, TRAIN_SAMPLES),

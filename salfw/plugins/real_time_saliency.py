@@ -92,9 +92,10 @@ class Masker(nn.Module):
 
 
 def classifier_fingerprint(model) -> str:
-    """SHA-256 of the classifier's state values in order (names ignored, so a wrapped module matches)
-    and of its input range: identifies the network a masker was trained for."""
-    digest = hashlib.sha256(json.dumps(list(model.input_range)).encode())
+    """SHA-256 of the classifier's state values in order (names ignored, so a wrapped module matches),
+    its input range and its preprocessing: identifies the network a masker was trained for."""
+    front = {"input_range": list(model.input_range), "preprocessing": model.preprocessing.settings}
+    digest = hashlib.sha256(json.dumps(front, sort_keys=True, default=repr).encode())
     for tensor in model.module.state_dict().values():
         digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
     return digest.hexdigest()
