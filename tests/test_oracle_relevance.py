@@ -1,0 +1,170 @@
+"""Agreement with the peer libraries, float64: Zennit's rules and composites for ``lrp`` and
+``deep-taylor`` (small CNN, MLP, a residual network with batch norm, the built-in models) and
+Captum's ``DeepLift`` for ``deeplift``."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import salfw
+from tests.oracles import import_zennit
+
+zennit = import_zennit()
+captum = pytest.importorskip("captum")
+
+from captum.attr import DeepLift  # noqa: E402
+from zennit.attribution import Gradient  # noqa: E402
+from zennit.canonizers import NamedMergeBatchNorm  # noqa: E402
+from zennit.composites import (EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,  # noqa: E402
+                               SpecialFirstLayerMapComposite, layer_map_base)
+from zennit.layer import Sum  # noqa: E402
+from zennit.rules import ZBox, ZPlus  # noqa: E402
+from zennit.types import Linear as AnyLinear  # noqa: E402
+
+
+class Block(nn.Module):
+    """Basic block with batch norm; ``zsum`` makes the addition Zennit's explicit ``Sum`` layer."""
+
+    def __init__(self, c, zsum=False):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU()
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c)
+        self.out = nn.ReLU()
+        self.sum = Sum() if zsum else None
+
+    def forward(self, x):
+        b = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.out(self.sum(torch.stack([x, b], dim=-1)) if self.sum is not None else x + b)
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3, padding=1),
+                         nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(24, 5), nn.ReLU(),
+                         nn.Linear(5, 3)).double().eval()
+
+
+def small_mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Dropout(0.2), nn.Linear(12, 8), nn.ReLU(),
+                         nn.Linear(8, 3)).double().eval()
+
+
+def resnet():
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), Block(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).double()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def zennit_twin(net):
+    """The same weights with the residual addition as Zennit's ``Sum`` and BatchNorm merged."""
+    twin = copy.deepcopy(net)
+    twin[1].sum = Sum()
+    canon = NamedMergeBatchNorm([(["1.conv1"], "1.bn1"), (["1.conv2"], "1.bn2")])
+    return twin, [canon]
+
+
+def zennit_relevance(net, x, targets, composite):
+    with Gradient(model=net, composite=composite) as attributor:
+        _, relevance = attributor(x.clone(), lambda out: out * torch.eye(out.shape[1], dtype=out.dtype)[targets])
+    return relevance
+
+
+def deep_taylor_composite(low, high, canonizers=None):
+    return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(AnyLinear, ZPlus())],
+                                         first_map=[(AnyLinear, ZBox(low, high))], canonizers=canonizers)
+
+
+COMPOSITES = {
+    "epsilon-plus": lambda c: EpsilonPlus(canonizers=c),
+    "epsilon-plus-flat": lambda c: EpsilonPlusFlat(canonizers=c),
+    "epsilon-gamma-box": lambda c: EpsilonGammaBox(0.0, 1.0, canonizers=c),
+    "epsilon-alpha2-beta1": lambda c: EpsilonAlpha2Beta1(canonizers=c),
+}
+
+
+@pytest.mark.parametrize("make", [small_cnn, small_mlp, resnet])
+@pytest.mark.parametrize("composite", sorted(COMPOSITES) + ["deep-taylor"])
+def test_lrp_and_deep_taylor_match_zennit(make, composite):
+    net = make()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2])
+    twin, canonizers = zennit_twin(net) if make is resnet else (net, None)
+    if composite == "deep-taylor":
+        ours = salfw.explain("deep-taylor", salfw.WhiteBox(net), x, target=targets).attributions
+        reference = zennit_relevance(twin, x, targets, deep_taylor_composite(0.0, 1.0, canonizers))
+    else:
+        ours = salfw.explain("lrp", salfw.WhiteBox(net), x, target=targets, composite=composite).attributions
+        reference = zennit_relevance(twin, x, targets, COMPOSITES[composite](canonizers))
+    scale = reference.abs().max()
+    torch.testing.assert_close(ours / scale, reference / scale, rtol=1e-5, atol=1e-5)
+
+
+def builtin(name):
+    try:
+        model = salfw.load_model(f"builtin:{name}")
+    except salfw.core.errors.SalfwError as exc:
+        pytest.skip(f"built-in model {name} unavailable: {exc}")
+    from salfw.zoo.samples import load_samples
+    images, _labels = load_samples()
+    return model, images[:6].to(model.dtype)
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn", "mnist-cnn-offset"])
+@pytest.mark.parametrize("composite", ["epsilon-plus", "epsilon-gamma-box", "deep-taylor"])
+def test_builtin_models_match_zennit(name, composite):
+    model, x = builtin(name)
+    e = salfw.explain("deep-taylor" if composite == "deep-taylor" else "lrp", model, x,
+                      **({} if composite == "deep-taylor" else {"composite": composite}))
+    low, high = model.preprocessing.bounds(model.input_range, x)
+    comp = deep_taylor_composite(low, high) if composite == "deep-taylor" else (
+        EpsilonGammaBox(low, high) if composite == "epsilon-gamma-box" else EpsilonPlus())
+    net = model.network()
+    with Gradient(model=net, composite=comp) as attributor:
+        _, reference = attributor(x.clone(), lambda out: out * torch.eye(out.shape[1], dtype=out.dtype)[e.targets])
+    scale = reference.abs().max()
+    torch.testing.assert_close(e.attributions / scale, reference / scale, rtol=1e-5, atol=1e-5)
+
+
+def no_relu_before_pool():
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.BatchNorm2d(4), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 3)).double().eval()
+
+
+@pytest.mark.parametrize("make", [small_mlp, no_relu_before_pool, resnet])
+@pytest.mark.parametrize("baseline", ["black", "white", "blur"])
+def test_deeplift_matches_captum(make, baseline):
+    """Captum's DeepLift, on networks where no ReLU module directly feeds a MaxPool2d: there
+    Captum's hooks give results that break summation-to-delta (its convergence delta is not 0),
+    while salfw's is exact (tests/test_relevance.py::test_deeplift_summation_to_delta)."""
+    net = make()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2])
+    e = salfw.explain("deeplift", salfw.WhiteBox(net), x, target=targets, baseline=baseline)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = DeepLift(net).attribute(x, e.meta["baseline"], target=targets)
+    torch.testing.assert_close(e.attributions, reference, rtol=1e-5, atol=1e-8)
+
+
+def test_deeplift_builtin_mlp_matches_captum():
+    model, x = builtin("mnist-mlp")
+    e = salfw.explain("deeplift", model, x, baseline="blur")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = DeepLift(model.network()).attribute(x, e.meta["baseline"], target=e.targets)
+    torch.testing.assert_close(e.attributions, reference, rtol=1e-4, atol=1e-5)
