@@ -86,7 +86,11 @@ def _neg(t):
 def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[tuple],
                        mapper: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> list[torch.Tensor]:
     """Forward each modified input through the layer with its modified (weight, bias), map the
-    outputs to output gradients with ``mapper`` and return ``∂(Σ_m z_m · g_m)/∂ input_m``."""
+    outputs to output gradients with ``mapper`` and return ``∂(Σ_m z_m · g_m)/∂ input_m``
+    (for Linear layers directly: ``g_m @ w_m``)."""
+    if isinstance(layer.module, nn.Linear):
+        outs = [F.linear(i, w, b) for i, (w, b) in zip(inputs, params)]
+        return [g @ w for g, (w, _b) in zip(mapper(outs), params)]
     with torch.enable_grad():
         ins = [i.detach().requires_grad_(True) for i in inputs]
         outs = [layer.forward(i, w, b) for i, (w, b) in zip(ins, params)]
