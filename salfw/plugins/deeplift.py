@@ -73,10 +73,10 @@ class _RescaleMaxPool(torch.autograd.Function):
     def backward(ctx, grad):
         x, y, indices = ctx.saved_tensors
         m = ctx.module
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            pooled = F.max_pool2d(xg, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
-            (plain,) = torch.autograd.grad(pooled, xg, grad)
+        pair = torch.nn.modules.utils._pair
+        plain = torch.ops.aten.max_pool2d_with_indices_backward(  # the ordinary max-pool gradient
+            grad, x, pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size),
+            pair(m.padding), pair(m.dilation), m.ceil_mode, indices)
         out, ref = y.chunk(2)
         top = torch.max(out, ref)
         delta_out = torch.cat([top - ref, out - top])
