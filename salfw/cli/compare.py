@@ -48,7 +48,7 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
     labels = None
     if explanations:
         first = next(iter(explanations.values()))
-        probabilities = first.meta["probabilities"]
+        probabilities = model.probabilities(first.inputs).tolist()
         labels = [f"class {t} (p={probabilities[i][t]:.2f})" for i, t in enumerate(first.targets.tolist())]
     if not explanations:
         raise ModelRequirementError("none of the chosen methods can explain this model: "

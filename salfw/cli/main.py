@@ -117,6 +117,9 @@ def run_command(method, model_spec, input_path, sample, target, sets, seed, out,
     model = model_from_spec(model_spec)
     x = inputs_for(model, input_path, sample)
     explanation = explain(method, model, x, target=target, seed=seed, **parse_sets(sets))
+    probabilities = model.probabilities(explanation.inputs)
+    explanation.meta["predicted"] = probabilities.argmax(dim=1).tolist()
+    explanation.meta["probabilities"] = probabilities.tolist()
     written = explanation.save(out)
     if as_json:
         click.echo(json.dumps(explanation.to_json(), indent=2))

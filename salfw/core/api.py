@@ -156,9 +156,15 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
                          f"got a batch of {kind}s of shape {tuple(batch.shape)}")
     module = model.module if isinstance(model, WhiteBox) else None
     with preserved(module):
-        scores = model.scores(batch)
-        probabilities = model.to_probabilities(scores)
-        targets = as_targets(target, batch.shape[0], scores.shape[1], scores.argmax(dim=1))
+        # The predicted classes need one forward pass; skipped when the targets are given and the
+        # model's class count is already known, so explaining a given class costs only the method.
+        prediction = {}
+        if target is None or model.num_classes is None:
+            scores = model.scores(batch)
+            prediction = {"predicted": scores.argmax(dim=1).tolist(),
+                          "probabilities": model.to_probabilities(scores).detach().cpu().tolist()}
+        predicted = torch.tensor(prediction.get("predicted", [0] * batch.shape[0]), device=batch.device)
+        targets = as_targets(target, batch.shape[0], model.num_classes, predicted)
         model.reset_counters()
         start = time.perf_counter()
         result = instance.attribute(model, batch, targets, int(seed))
@@ -166,9 +172,7 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
     attributions, extra = result if isinstance(result, tuple) else (result, {})
     _check_output(instance.name, attributions, batch)
     meta = {"seconds": seconds, "forward_passes": model.forward_passes,
-            "backward_passes": model.backward_passes, "seed": int(seed),
-            "predicted": scores.argmax(dim=1).tolist(),
-            "probabilities": probabilities.detach().cpu().tolist(), **extra}
+            "backward_passes": model.backward_passes, "seed": int(seed), **prediction, **extra}
     return Explanation(attributions=attributions.detach(), targets=targets, method=instance.name,
                        kind=instance.kind, params=params_to_json(instance.params), meta=meta,
                        inputs=batch, input_range=model.input_range)
