@@ -55,7 +55,7 @@ class Completeness(Metric):
     class Params:
         baseline: str = param("black", "the reference input, a registered perturbation applied everywhere")
         output: str = param("logit", "the target output that should be conserved", choices=OUTPUTS)
-        batch_size: int = param(1024, "inputs per forward pass", low=1)
+        batch_size: int = param(256, "inputs per forward pass", low=1)
 
     def score(self, model, x, attributions, targets, seed, **context):
         p = self.params
@@ -78,7 +78,7 @@ class SensitivityN(Metric):
         subsets: int = param(100, "random subsets per sample (the paper uses 100)", low=2)
         baseline: str = param("black", "what removed features become, a registered perturbation")
         output: str = param("logit", "the target output", choices=OUTPUTS)
-        batch_size: int = param(1024, "inputs per forward pass", low=1)
+        batch_size: int = param(256, "inputs per forward pass", low=1)
 
     def score(self, model, x, attributions, targets, seed, **context):
         p = self.params
@@ -111,7 +111,7 @@ class Infidelity(Metric):
         samples: int = param(32, "perturbations per sample (Captum's n_perturb_samples)", low=1)
         normalize: bool = param(True, "scale attributions by the optimal beta first (Captum normalize=True)")
         output: str = param("logit", "the target output", choices=OUTPUTS)
-        batch_size: int = param(1024, "inputs per forward pass", low=1)
+        batch_size: int = param(256, "inputs per forward pass", low=1)
 
     def score(self, model, x, attributions, targets, seed, **context):
         p = self.params

@@ -144,7 +144,7 @@ class FlipParams:
     patch: int = param(1, "features are patch x patch pixel regions (1: single pixels)", low=1)
     output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
     baseline: bool = param(True, "also run a random removal order (extras: random_curve, random_aopc)")
-    batch_size: int = param(1024, "perturbed inputs per forward pass", low=1)
+    batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
 
 class MoRF(_Flipping):
@@ -180,7 +180,7 @@ class ABPC(_Flipping):
         steps: int = param(100, "number of equal removal steps", low=1)
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
         output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(1024, "perturbed inputs per forward pass", low=1)
+        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
     def score(self, model, x, attributions, targets, seed, **context):
         morf = self._curve(model, x, attributions, targets, seed, "morf")
@@ -200,7 +200,7 @@ class Deletion(_Flipping):
         steps: int = param(100, "number of equal deletion steps", low=1)
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
         output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(1024, "perturbed inputs per forward pass", low=1)
+        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
     def score(self, model, x, attributions, targets, seed, **context):
         curve = self._curve(model, x, attributions, targets, seed, "morf", self.insertion)
@@ -221,7 +221,7 @@ class Insertion(Deletion):
         steps: int = param(100, "number of equal insertion steps", low=1)
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
         output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(1024, "perturbed inputs per forward pass", low=1)
+        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
 
 FLIPPING = (MoRF, LeRF, ABPC, Deletion, Insertion)
