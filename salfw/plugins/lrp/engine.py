@@ -1,12 +1,15 @@
 """The propagation engine: walk any ``nn.Module`` made of supported layers and pass
 relevance from the explained output back to the input, layer by layer.
 
-The user's module is deep-copied (BatchNorm is folded into the Linear/Conv layer
-it follows on the copy; in-place activations are made out-of-place) and traced
-with ``torch.fx`` into a graph of layer calls and tensor operations, so models
-that are not ``nn.Sequential`` -- a ResNet basic block computing ``x + f(x)`` --
-are walked too. The forward pass records every node's value; the backward pass
-visits nodes in reverse and applies:
+The user's module is never copied nor changed: an ``nn.Sequential`` of supported
+layers is read as a chain directly, any other module is traced with ``torch.fx``
+into a graph of layer calls and tensor operations, so models that are not
+``nn.Sequential`` -- a ResNet basic block computing ``x + f(x)`` -- are walked too.
+BatchNorm is folded into the Linear/Conv layer it follows as new (weight, bias)
+tensors that the engine's functional forward uses; ReLU modules run out of place.
+The graph and the folded parameters are rebuilt for every explanation, so a
+module changed between two explanations is always read afresh. The forward pass
+records every node's value; the backward pass visits nodes in reverse and applies:
 
 * Linear / Conv2d: the rule chosen for the layer's path (:mod:`.rules`);
 * ReLU, Dropout, Identity: relevance passes unchanged (Zennit's ``Pass``);
@@ -23,7 +26,6 @@ unchanged since the preprocessing is elementwise. Anything else raises
 
 from __future__ import annotations
 
-import copy
 import operator
 from dataclasses import dataclass
 from typing import Callable
@@ -73,15 +75,43 @@ def _describe(node: fx.Node) -> str:
     return f"operation '{target}' (node '{node.name}')"
 
 
-def _fold_batchnorm(layer: nn.Module, bn: nn.Module) -> None:
-    """Fold an eval-mode BatchNorm into the preceding Linear/Conv (in place, on the copy)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-    shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
-    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
+def _fold_batchnorm(layer: Layer, bn: nn.Module) -> Layer:
+    """The preceding Linear/Conv with an eval-mode BatchNorm folded in: new tensors, the module untouched."""
     with torch.no_grad():
-        layer.weight = nn.Parameter(layer.weight * scale.view(shape), requires_grad=False)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+        shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         bias = layer.bias if layer.bias is not None else torch.zeros_like(scale)
-        layer.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
+        return Layer(layer.module, layer.weight * scale.view(shape), bias * scale + shift)
+
+
+def _sequential_graph(module: nn.Module) -> fx.Graph | None:
+    """The graph fx would trace for an ``nn.Sequential`` (nested ones included) of supported
+    layers -- a chain of layer calls named by their paths -- built directly; None for other modules."""
+    if type(module) is not nn.Sequential:
+        return None
+    paths = {m: name for name, m in module.named_modules()}  # fx names a shared module by its first path
+    chain = []
+
+    def walk(seq: nn.Sequential) -> bool:
+        for child in seq._modules.values():  # what Sequential.forward calls, in order
+            if type(child) is nn.Sequential:
+                if not walk(child):
+                    return False
+            elif isinstance(child, SUPPORTED_LAYERS):
+                chain.append(paths[child])
+            else:
+                return False
+        return True
+
+    if not walk(module):
+        return None
+    graph = fx.Graph()
+    node = graph.placeholder("input")
+    for path in chain:
+        node = graph.call_module(path, (node,))
+    graph.output(node)
+    return graph
 
 
 class _Tracer(fx.Tracer):
@@ -90,29 +120,31 @@ class _Tracer(fx.Tracer):
 
 
 class Network:
-    """A traced, BatchNorm-folded copy of a white box's module, ready for relevance propagation."""
+    """The graph of a white box's module (BatchNorm folded into new parameter tensors unless
+    ``fold=False``), ready for relevance propagation; the module itself is only read."""
 
-    def __init__(self, model: WhiteBox, method: str):
+    def __init__(self, model: WhiteBox, method: str, fold: bool = True):
         self.model = model
         self.method = method
-        module = copy.deepcopy(model.module).eval()
+        self.fold = fold
+        module = model.module
         if isinstance(module, SUPPORTED_LAYERS):  # a bare layer: trace it as layer '0' of a container
             module = nn.Sequential(module)
-        for m in module.modules():
-            if hasattr(m, "inplace"):
-                m.inplace = False
-            for p in m.parameters(recurse=False):
-                p.requires_grad_(False)
-        try:
-            graph = _Tracer(autowrap_modules=(), autowrap_functions=()).trace(module)
-        except Exception as exc:  # fx cannot trace data-dependent control flow
-            raise ModelRequirementError(
-                f"'{method}' walks the network's layers with torch.fx, which could not trace "
-                f"{type(model.module).__name__}: {type(exc).__name__}: {exc}") from exc
+        graph = _sequential_graph(module)
+        if graph is None:
+            try:
+                graph = _Tracer(autowrap_modules=(), autowrap_functions=()).trace(module)
+            except Exception as exc:  # fx cannot trace data-dependent control flow
+                raise ModelRequirementError(
+                    f"'{method}' walks the network's layers with torch.fx, which could not trace "
+                    f"{type(model.module).__name__}: {type(exc).__name__}: {exc}") from exc
         self.module = module
         self.graph = graph
         self.modules = dict(module.named_modules())
-        self._fold(graph)
+        #: path -> the Linear/Conv2d layer as rules see it (folded parameters where BatchNorm follows)
+        self.rule_layers = {path: Layer(m) for path, m in self.modules.items() if isinstance(m, RULE_LAYERS)}
+        if fold:
+            self._fold(graph)
         self.nodes = list(graph.nodes)
         self._check()
         self.layers = [LayerInfo(n.target, self.modules[n.target], i) for i, n in
@@ -137,7 +169,7 @@ class Network:
                     f"'{self.method}' folds BatchNorm into the Linear/Conv2d layer it follows; "
                     f"'{node.target}' ({type(self.modules[node.target]).__name__}) does not directly follow "
                     f"one (used once)")
-            _fold_batchnorm(self.modules[prev.target], self.modules[node.target])
+            self.rule_layers[prev.target] = _fold_batchnorm(self.rule_layers[prev.target], self.modules[node.target])
             node.replace_all_uses_with(prev)
             graph.erase_node(node)
 
@@ -165,8 +197,13 @@ class Network:
                         f"in {type(self.model.module).__name__}.forward")
 
     # -- forward -------------------------------------------------------------------
-    def forward(self, y: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """Run the network on the network input ``y``; return every node's value and the logits."""
+    def forward(self, y: torch.Tensor, relu: Callable | None = None, maxpool: Callable | None = None
+                ) -> tuple[dict, torch.Tensor]:
+        """Run the network on the network input ``y``; return every node's value and the logits.
+
+        Linear/Conv2d layers run functionally with their (folded) parameters, ReLU modules out of
+        place; ``relu(x)`` and ``maxpool(x, module)`` replace the ReLU and MaxPool2d modules."""
+        relu = relu or torch.relu
         env: dict[fx.Node, object] = {}
         out = None
         for node in self.nodes:
@@ -180,7 +217,18 @@ class Network:
                     obj = getattr(obj, part)
                 env[node] = obj
             elif node.op == "call_module":
-                env[node] = self.modules[node.target](*args, **kwargs)
+                m = self.modules[node.target]
+                if isinstance(m, RULE_LAYERS):
+                    layer = self.rule_layers[node.target]
+                    env[node] = layer.forward(args[0], layer.weight, layer.bias)
+                elif isinstance(m, nn.ReLU):
+                    env[node] = relu(args[0])
+                elif isinstance(m, (nn.Dropout, nn.Identity)):  # eval-mode dropout is the identity
+                    env[node] = args[0]
+                elif maxpool is not None and isinstance(m, nn.MaxPool2d):
+                    env[node] = maxpool(args[0], m)
+                else:
+                    env[node] = m(*args, **kwargs)
             elif node.op == "call_function":
                 env[node] = node.target(*args, **kwargs)
             elif node.op == "call_method":
@@ -230,7 +278,7 @@ class Network:
             x = env[node.args[0]]
             if isinstance(m, RULE_LAYERS):
                 rule = rules[node.target]
-                r_in = rule(Layer(m), x, env[node], r)
+                r_in = rule(self.rule_layers[node.target], x, env[node], r)
                 layers.append({"layer": node.target, "type": type(m).__name__, "rule": rule.name,
                                "relevance_out": r.flatten(1).sum(1), "relevance_in": r_in.flatten(1).sum(1)})
             elif isinstance(m, PASS_LAYERS):
@@ -261,12 +309,13 @@ class Network:
         raise ModelRequirementError(f"'{self.method}' cannot pass relevance through the {_describe(node)}")
 
 
-def network_for(method, model: WhiteBox, keep: bool = False) -> Network:
-    """The traced copy of ``model`` for one explanation: ``check_model`` builds it with ``keep=True``
+def network_for(method, model: WhiteBox, keep: bool = False, fold: bool = True) -> Network:
+    """The graph of ``model`` for one explanation: ``check_model`` builds it with ``keep=True``
     and the ``attribute`` call that follows takes it over (so a model changed between two
-    explanations is always copied afresh)."""
+    explanations is always read afresh). ``fold=False`` keeps BatchNorm layers as they are."""
     cached = method.__dict__.pop("_network", None)
-    net = cached[1] if cached is not None and cached[0] is model.module else Network(model, method.name)
+    net = (cached[1] if cached is not None and cached[0] is model.module and cached[1].fold == fold
+           else Network(model, method.name, fold))
     if keep:
         method._network = (model.module, net)
     return net

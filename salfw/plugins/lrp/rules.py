@@ -63,39 +63,66 @@ class Settings:
 
 
 class Layer:
-    """A Linear or Conv2d layer seen by a rule: its parameters and ``forward(x, weight, bias)``."""
+    """A Linear or Conv2d layer seen by a rule: its parameters (the module's, or given ones such as
+    BatchNorm-folded tensors) and ``forward(x, weight, bias)``. The engine makes one per layer and
+    explanation, so :meth:`modified` computes each modified parameter once per explanation."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
         self.module = module
-        self.weight = module.weight
-        self.bias = module.bias
+        self.weight = module.weight if weight is None else weight
+        self.bias = module.bias if weight is None else bias
         if isinstance(module, nn.Linear):
             self.forward = F.linear
         else:
             self.forward = module._conv_forward
+        self._modified: dict = {}
+
+    def modified(self, key, make: Callable[[torch.Tensor], torch.Tensor]) -> tuple:
+        """``(make(weight), make(bias))`` (bias None stays None), computed once and kept under ``key``."""
+        if key not in self._modified:
+            with torch.no_grad():
+                self._modified[key] = (make(self.weight), None if self.bias is None else make(self.bias))
+        return self._modified[key]
+
+    def positive(self) -> tuple:
+        """``(w⁺, b⁺)``"""
+        return self.modified("positive", lambda t: t.clamp(min=0))
+
+    def negative(self) -> tuple:
+        """``(w⁻, b⁻)``"""
+        return self.modified("negative", lambda t: t.clamp(max=0))
 
 
-def _pos(t):
-    return None if t is None else t.clamp(min=0)
-
-
-def _neg(t):
-    return None if t is None else t.clamp(max=0)
+def input_gradient(layer: Layer, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``∂(layer(x; weight, ·) · grad)/∂x``: ``grad @ weight`` for Linear, the transposed convolution
+    (the kernel autograd runs for ``conv2d``) for Conv2d, without building an autograd graph."""
+    if isinstance(layer.module, nn.Linear):
+        return grad @ weight
+    m = layer.module
+    if isinstance(m.padding, str):  # 'same'/'valid': let autograd resolve the padding
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(layer.forward(xg, weight, None), xg, grad)
+        return g
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, m.stride, m.padding, m.dilation, False,
+                                               [0] * len(m.stride), m.groups, (True, False, False))[0]
 
 
 def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[tuple],
-                       mapper: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> list[torch.Tensor]:
-    """Forward each modified input through the layer with its modified (weight, bias), map the
-    outputs to output gradients with ``mapper`` and return ``∂(Σ_m z_m · g_m)/∂ input_m``
-    (for Linear layers directly: ``g_m @ w_m``)."""
-    if isinstance(layer.module, nn.Linear):
-        outs = [F.linear(i, w, b) for i, (w, b) in zip(inputs, params)]
-        return [g @ w for g, (w, _b) in zip(mapper(outs), params)]
-    with torch.enable_grad():
-        ins = [i.detach().requires_grad_(True) for i in inputs]
-        outs = [layer.forward(i, w, b) for i, (w, b) in zip(ins, params)]
-        grads = mapper([o.detach() for o in outs])
-        return list(torch.autograd.grad(outs, ins, grad_outputs=grads))
+                       mapper: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+                       outputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Forward each modified input through the layer with its modified (weight, bias) (or take the
+    given ``outputs``), map the outputs to output gradients with ``mapper`` and return
+    ``∂(Σ_m z_m · g_m)/∂ input_m``."""
+    with torch.no_grad():
+        outs = outputs if outputs is not None else [layer.forward(i, w, b) for i, (w, b) in zip(inputs, params)]
+        return [input_gradient(layer, i, w, g) for i, (w, _b), g in zip(inputs, params, mapper(outs))]
+
+
+def _has_negatives(x: torch.Tensor) -> bool:
+    """Whether any input is negative. Inputs after a ReLU are not: then the x⁻ terms of the sign-split
+    rules are exactly zero (their outputs ``layer(x⁻; w, no bias)`` too) and are skipped."""
+    return bool((x < 0).any())
 
 
 class Rule:
@@ -118,7 +145,7 @@ class Epsilon(Rule):
 
     def __call__(self, layer, x, z, relevance):
         (g,) = modified_gradients(layer, [x], [(layer.weight, layer.bias)],
-                                  lambda o: [relevance / stabilize(o[0], self.epsilon)])
+                                  lambda o: [relevance / stabilize(o[0], self.epsilon)], outputs=[z])
         return x * g
 
 
@@ -129,9 +156,14 @@ class ZPlus(Rule):
         self.stabilizer = stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        w, b = layer.weight, layer.bias
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        gp, gn = modified_gradients(layer, [xp, xn], [(_pos(w), _pos(b)), (_neg(w), None)],
+        (wp, bp), (wn, _bn) = layer.positive(), layer.negative()
+        xp = x.clamp(min=0)
+        if not _has_negatives(x):
+            (gp,) = modified_gradients(layer, [xp], [(wp, bp)],
+                                       lambda o: [relevance / stabilize(o[0], self.stabilizer)])
+            return xp * gp
+        xn = x.clamp(max=0)
+        gp, gn = modified_gradients(layer, [xp, xn], [(wp, bp), (wn, None)],
                                     lambda o: [relevance / stabilize(o[0] + o[1], self.stabilizer)] * 2)
         return xp * gp + xn * gn
 
@@ -146,16 +178,21 @@ class AlphaBeta(Rule):
         self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        w, b = layer.weight, layer.bias
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
+        (wp, bp), (wn, bn) = layer.positive(), layer.negative()
+        xp = x.clamp(min=0)
+        if not _has_negatives(x):
+            g = modified_gradients(layer, [xp, xp], [(wp, bp), (wn, bn)],
+                                   lambda o: [relevance / stabilize(o[0], self.stabilizer),
+                                              relevance / stabilize(o[1], self.stabilizer)])
+            return self.alpha * (xp * g[0]) - self.beta * (xp * g[1])
+        xn = x.clamp(max=0)
 
         def mapper(o):
             dp = stabilize(o[0] + o[1], self.stabilizer)
             dn = stabilize(o[2] + o[3], self.stabilizer)
             return [relevance / dp] * 2 + [relevance / dn] * 2
 
-        g = modified_gradients(layer, [xp, xn, xp, xn],
-                               [(_pos(w), _pos(b)), (_neg(w), None), (_neg(w), _neg(b)), (_pos(w), None)], mapper)
+        g = modified_gradients(layer, [xp, xn, xp, xn], [(wp, bp), (wn, None), (wn, bn), (wp, None)], mapper)
         return self.alpha * (xp * g[0] + xn * g[1]) - self.beta * (xp * g[2] + xn * g[3])
 
 
@@ -166,15 +203,21 @@ class Gamma(Rule):
         self.gamma, self.stabilizer = gamma, stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        w, b, gm = layer.weight, layer.bias, self.gamma
-        xp, xn = x.clamp(min=0), x.clamp(max=0)
-        wp, wn = w + gm * w.clamp(min=0), w + gm * w.clamp(max=0)
-        bp = None if b is None else b + gm * b.clamp(min=0)
-        bn = None if b is None else b + gm * b.clamp(max=0)
+        gm = self.gamma
+        wp, bp = layer.modified(("gamma+", gm), lambda t: t + gm * t.clamp(min=0))
+        wn, bn = layer.modified(("gamma-", gm), lambda t: t + gm * t.clamp(max=0))
+        up_mask, down_mask = (z > 0).to(z), (z < 0).to(z)
+        xp = x.clamp(min=0)
+        if not _has_negatives(x):
+            g = modified_gradients(layer, [xp, xp], [(wp, bp), (wn, bn)],
+                                   lambda o: [up_mask * relevance / stabilize(o[0], self.stabilizer),
+                                              down_mask * relevance / stabilize(o[1], self.stabilizer)])
+            return xp * g[0] + xp * g[1]
+        xn = x.clamp(max=0)
 
         def mapper(o):
-            up = (z > 0).to(z) * relevance / stabilize(o[0] + o[1], self.stabilizer)
-            down = (z < 0).to(z) * relevance / stabilize(o[2] + o[3], self.stabilizer)
+            up = up_mask * relevance / stabilize(o[0] + o[1], self.stabilizer)
+            down = down_mask * relevance / stabilize(o[2] + o[3], self.stabilizer)
             return [up, up, down, down]
 
         g = modified_gradients(layer, [xp, xn, xp, xn], [(wp, bp), (wn, None), (wn, bn), (wp, None)], mapper)
@@ -188,11 +231,14 @@ class ZBox(Rule):
         self.low, self.high, self.stabilizer = low, high, stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        w, b = layer.weight, layer.bias
+        (wp, bp), (wn, bn) = layer.positive(), layer.negative()
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
-        g = modified_gradients(layer, [x, low, high], [(w, b), (_pos(w), _pos(b)), (_neg(w), _neg(b))],
-                               lambda o: [relevance / stabilize(o[0] - o[1] - o[2], self.stabilizer)] * 3)
+        with torch.no_grad():
+            outputs = [z, layer.forward(low, wp, bp), layer.forward(high, wn, bn)]
+        g = modified_gradients(layer, [x, low, high], [(layer.weight, layer.bias), (wp, bp), (wn, bn)],
+                               lambda o: [relevance / stabilize(o[0] - o[1] - o[2], self.stabilizer)] * 3,
+                               outputs=outputs)
         return x * g[0] - low * g[1] - high * g[2]
 
 
@@ -203,8 +249,7 @@ class WSquare(Rule):
         self.stabilizer = stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        b = layer.bias
-        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(layer.weight ** 2, None if b is None else b ** 2)],
+        (g,) = modified_gradients(layer, [torch.ones_like(x)], [layer.modified("square", lambda t: t ** 2)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return g
 
@@ -216,7 +261,7 @@ class Flat(Rule):
         self.stabilizer = stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(torch.ones_like(layer.weight), None)],
+        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(layer.modified("ones", torch.ones_like)[0], None)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return g
 
@@ -241,7 +286,7 @@ class Excitation(Rule):
         self.stabilizer, self.negate = stabilizer, negate
 
     def __call__(self, layer, x, z, relevance):
-        w = (-layer.weight if self.negate else layer.weight).clamp(min=0)
+        w = layer.modified("negated-positive", lambda t: (-t).clamp(min=0))[0] if self.negate else layer.positive()[0]
         (g,) = modified_gradients(layer, [x], [(w, None)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return x * g
