@@ -1,0 +1,173 @@
+"""DeepRED: rule extraction from a deep ReLU MLP, layer by layer (Zilke, Loza Mencia and Janssen, 2016).
+
+Let ``h_0`` be the (flattened, pixel-space) input, ``h_1 .. h_m`` the outputs
+of the hidden ReLU layers and ``y`` the network's decision (argmax of the
+logits) on the training inputs. DeepRED
+
+1. learns a decision tree from ``h_m`` to ``y``: each leaf is a rule
+   "conjunction of thresholds on ``h_m`` => class";
+2. for every threshold ``h_k[j] > t`` used by the current rules, learns a
+   tree from ``h_{k-1}`` to that condition's truth value, giving the
+   condition (and its negation) as a disjunction of conjunctions on
+   ``h_{k-1}``;
+3. substitutes each condition by its disjunction and multiplies out, dropping
+   contradictory terms (an empty interval) and duplicates, and repeats from
+   ``k = m`` down to ``k = 1``,
+
+so that the final rules speak of input features only. Zilke et al. use C4.5
+with pruning; here the trees are scikit-learn's CART
+(``DecisionTreeClassifier``, Gini) with a small depth per layer
+(``output_depth`` for the first, ``depth`` for the others) and
+``min_samples_leaf`` (Zilke et al.'s minimum-examples pruning), which keeps
+the merged rule set small. The rule set classifies an input by the class
+with the most matching rules (ties to the lower class); an input no rule
+matches gets the network's most frequent decision on the training inputs.
+The *fidelity* is the fraction of held-out inputs on which the rules agree
+with the network.
+
+Only plain MLPs qualify: an ``nn.Sequential`` of ``Flatten``, ``Linear`` and
+``ReLU`` layers with at least one ReLU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+from torch import nn
+
+from salfw.core.contracts import ModelExplainer
+from salfw.core.errors import ModelRequirementError, ParameterError
+from salfw.core.guard import preserved
+from salfw.core.hookspecs import hookimpl
+from salfw.core.params import param
+from salfw.understanding.data import train_heldout
+from salfw.understanding.layers import require_white_box
+from salfw.understanding.rules import Term, conditions, conjoin, dedupe, format_term, leaf_terms, matches
+
+_ALLOWED = (nn.Flatten, nn.Linear, nn.ReLU)
+
+
+def mlp_activations(model, x: torch.Tensor, batch_size: int = 512) -> tuple[list[np.ndarray], np.ndarray]:
+    """``([h_0, h_1, .., h_m], decisions)``: the flattened input, each ReLU's output (float64 numpy) and
+    the argmax of the logits, for the pixel-space batch ``x``."""
+    relus = [m for m in model.module if isinstance(m, nn.ReLU)]
+    layers: list[list[torch.Tensor]] = [[] for _ in relus]
+    handles = [r.register_forward_hook(lambda _m, _i, o, k=k: layers[k].append(o.detach().flatten(1)))
+               for k, r in enumerate(relus)]
+    decisions = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                decisions.append(model.forward(x[start:start + batch_size]).argmax(1))
+    finally:
+        for h in handles:
+            h.remove()
+    hidden = [torch.cat(chunks).double().cpu().numpy() for chunks in layers]
+    return [x.flatten(1).double().cpu().numpy(), *hidden], torch.cat(decisions).cpu().numpy()
+
+
+def predict_rules(rules: list[tuple[Term, int]], x: np.ndarray, num_classes: int, default: int) -> np.ndarray:
+    """Class per row of ``x``: the class with most matching rules (ties to the lower class); ``default``
+    where no rule matches."""
+    votes = np.zeros((len(x), num_classes), dtype=np.int64)
+    for term, cls in rules:
+        votes[:, cls] += matches(term, x)
+    return np.where(votes.max(1) > 0, votes.argmax(1), default)
+
+
+class DeepRED(ModelExplainer):
+    """Layer-wise decision-tree rule extraction merged into one rule set (Zilke et al. 2016).
+
+    ``data = {"inputs": training inputs, "heldout": held-out inputs,
+    "labels": optional held-out labels}``. ``run`` returns ``rules`` (a list of
+    (term, class): term maps input feature -> (low, high] interval),
+    ``rule_count``, ``text`` (the rules as readable lines), ``fidelity`` and
+    ``train_fidelity`` (agreement with the network), ``accuracy`` (with labels)
+    and ``default_class``.
+    """
+
+    name = "deepred"
+    box = "white"
+    summary = "DeepRED: layer-wise decision-tree rules merged into input-level rules, with fidelity (Zilke 2016)"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        output_depth: int = param(3, "depth of the tree from the last hidden layer to the decision", low=1)
+        depth: int = param(2, "depth of the trees describing each condition on the previous layer", low=1)
+        min_samples_leaf: int = param(5, "fewest training inputs per tree leaf (pruning)", low=1)
+        max_rules: int = param(20000, "stop with an error when the merged rule set grows beyond this", low=1)
+
+    def check_model(self, model) -> None:
+        module = model.module
+        if not isinstance(module, nn.Sequential):
+            raise ModelRequirementError(f"deepred needs an nn.Sequential MLP of Flatten/Linear/ReLU layers, "
+                                        f"got {type(module).__name__}")
+        for name, layer in module.named_children():
+            if not isinstance(layer, _ALLOWED):
+                raise ModelRequirementError(f"deepred needs an MLP of Flatten/Linear/ReLU layers; layer {name} "
+                                            f"is a {type(layer).__name__}")
+        if not any(isinstance(layer, nn.ReLU) for layer in module):
+            raise ModelRequirementError("deepred needs at least one hidden ReLU layer; the network has none")
+
+    def _tree(self, features: np.ndarray, labels: np.ndarray, depth: int, seed: int):
+        from sklearn.tree import DecisionTreeClassifier
+
+        return DecisionTreeClassifier(max_depth=depth, min_samples_leaf=self.params.min_samples_leaf,
+                                      random_state=seed).fit(features, labels)
+
+    def _substitute(self, rules: list[tuple[Term, int]], below: np.ndarray, here: np.ndarray, seed: int):
+        """Rewrite rules on layer ``here`` as rules on layer ``below`` (both (N, D) training activations)."""
+        cache: dict[tuple[int, float], tuple[list[Term], list[Term]]] = {}
+
+        def dnf(f: int, t: float, greater: bool) -> list[Term]:
+            if (f, t) not in cache:
+                truth = here[:, f] > t
+                if truth.all() or not truth.any():  # constant on the training inputs
+                    cache[(f, t)] = ([{}], []) if truth.all() else ([], [{}])
+                else:
+                    leaves = leaf_terms(self._tree(below, truth, self.params.depth, seed))
+                    cache[(f, t)] = ([term for term, c in leaves if c], [term for term, c in leaves if not c])
+            return cache[(f, t)][0 if greater else 1]
+
+        out: list[tuple[Term, int]] = []
+        for term, cls in rules:
+            expanded: list[Term] = [{}]
+            for f, t, greater in conditions(term):
+                expanded = dedupe([c for a in expanded for b in dnf(f, t, greater)
+                                   if (c := conjoin(a, b)) is not None])
+                if len(out) + len(expanded) > self.params.max_rules:
+                    raise ParameterError(f"deepred: the merged rule set exceeds max_rules={self.params.max_rules}; "
+                                         f"lower output_depth/depth or raise min_samples_leaf or max_rules")
+            out += [(e, cls) for e in expanded]
+        return out
+
+    def run(self, model, data=None, seed: int = 0) -> dict:
+        model = require_white_box(model, "deepred")
+        self.check_model(model)
+        inputs, heldout, labels = train_heldout(data, "deepred", model)
+        with preserved(model.module):
+            layers, decisions = mlp_activations(model, inputs)
+            held_layers, held_decisions = mlp_activations(model, heldout)
+            num_classes = int(model.forward(heldout[:1]).shape[1])
+        rules = leaf_terms(self._tree(layers[-1], decisions, self.params.output_depth, seed))
+        for k in range(len(layers) - 1, 0, -1):
+            rules = self._substitute(rules, layers[k - 1], layers[k], seed)
+        default = int(np.bincount(decisions, minlength=num_classes).argmax())
+        predicted = predict_rules(rules, held_layers[0], num_classes, default)
+        result = {
+            "rules": rules, "rule_count": len(rules),
+            "text": [f"if {format_term(term)} then class {cls}" for term, cls in rules],
+            "fidelity": float(np.mean(predicted == held_decisions)),
+            "train_fidelity": float(np.mean(predict_rules(rules, layers[0], num_classes, default) == decisions)),
+            "default_class": default, "predicted": predicted,
+        }
+        if labels is not None:
+            result["accuracy"] = float(np.mean(predicted == labels.numpy()))
+        return result
+
+
+@hookimpl
+def salfw_register_model_explainers(register):
+    register(DeepRED)
