@@ -10,9 +10,12 @@ additions) keep their gradient. So the contributions sum to
 ``f(x) − f(x̄)`` (summation-to-delta). MaxPool2d follows Captum's ``DeepLift``:
 the output difference is split between the input's and the reference's winners
 and divided by the input difference. As in Captum the input and the reference go
-through the network as one batch ``[x; x̄]``, and the modified derivatives are
-installed by forward hooks on a deep copy of the module (ReLU and MaxPool2d
-modules; a functional ``F.relu`` cannot be hooked and is refused).
+through the network as one batch ``[x; x̄]``: one forward pass saves the
+activations of both halves and one backward pass applies the modified
+derivatives, which replace the ReLU and MaxPool2d modules while the relevance
+engine's graph of the module is run (:class:`salfw.plugins.lrp.engine.Network`,
+BatchNorm kept as it is); the user's module is neither copied nor changed. A
+functional ``F.relu`` is not a module to replace and is refused.
 
 The reference (baseline) is chosen as for integrated gradients: a perturbation
 name (``black`` -- the default, the paper's all-zero reference for [0, 1] images
@@ -22,12 +25,10 @@ or a tensor shaped like one sample or like the batch. Local explanation.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from salfw.core.api import make_perturbation
 from salfw.core.contracts import Method
@@ -89,12 +90,8 @@ class _RescaleMaxPool(torch.autograd.Function):
         return torch.where(small, plain, spread / torch.where(small, torch.ones_like(dx), dx)), None
 
 
-def _hook_relu(module, inputs, output):
-    return _RescaleReLU.apply(inputs[0])
-
-
-def _hook_maxpool(module, inputs, output):
-    return _RescaleMaxPool.apply(inputs[0], module)
+def _rescale_maxpool(x, module):
+    return _RescaleMaxPool.apply(x, module)
 
 
 def baseline_for(spec, x: torch.Tensor, input_range, seed: int) -> torch.Tensor:
@@ -131,7 +128,7 @@ class DeepLift(Method):
 
     def check_model(self, model):
         super().check_model(model)
-        net = network_for(self, model, keep=False)  # refuses unsupported layers, names them
+        net = network_for(self, model, keep=True, fold=False)  # refuses unsupported layers, names them
         for node in net.nodes:
             if node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) == "relu":
                 raise ModelRequirementError(
@@ -140,14 +137,7 @@ class DeepLift(Method):
 
     def attribute(self, model, x, targets, seed):
         baseline = baseline_for(self.params.baseline, x, model.input_range, seed)
-        module = copy.deepcopy(model.module).eval()
-        for m in module.modules():
-            if isinstance(m, nn.ReLU):
-                m.inplace = False
-                m.register_forward_hook(_hook_relu)
-            elif isinstance(m, nn.MaxPool2d):
-                m.register_forward_hook(_hook_maxpool)
-        network = nn.Sequential(model.preprocessing, module)
+        net = network_for(self, model, fold=False)
         size = self.params.batch_size
         out = []
         for i in range(0, x.shape[0], size):
@@ -155,7 +145,9 @@ class DeepLift(Method):
             n = xs.shape[0]
             with torch.enable_grad():
                 both = torch.cat([xs, bs]).detach().requires_grad_(True)
-                logits = network(both).reshape(2 * n, -1)
+                _env, logits = net.forward(model.preprocessing(both), relu=_RescaleReLU.apply,
+                                           maxpool=_rescale_maxpool)
+                logits = logits.reshape(2 * n, -1)
                 selected = logits.gather(1, torch.cat([ts, ts]).view(-1, 1)).sum()
                 (grad,) = torch.autograd.grad(selected, both)
             model.forward_passes += 2 * n
