@@ -40,10 +40,15 @@ from salfw.plugins.lrp.engine import network_for
 EPS = 1e-10  # Captum's threshold for |x − x̄| below which the gradient is used
 
 
-def _halves(t: torch.Tensor) -> torch.Tensor:
-    """``[a; b] -> [a − b; a − b]``: the difference to the reference, for both halves."""
+def _difference(t: torch.Tensor) -> torch.Tensor:
+    """``[a; b] -> a − b``: the difference to the reference (one half's size, shared by both halves)."""
     a, b = t.chunk(2)
-    return torch.cat([a - b, a - b])
+    return a - b
+
+
+def _pairs(t: torch.Tensor) -> torch.Tensor:
+    """``[a; b]`` viewed as (2, N, ...), so half-sized tensors broadcast over both halves."""
+    return t.reshape(2, t.shape[0] // 2, *t.shape[1:])
 
 
 class _RescaleReLU(torch.autograd.Function):
@@ -56,9 +61,11 @@ class _RescaleReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
-        dx, dy = _halves(x), _halves(y)
+        dx, dy = _difference(x), _difference(y)
         small = dx.abs() < EPS
-        return torch.where(small, grad * (x > 0).to(grad), grad * dy / torch.where(small, torch.ones_like(dx), dx))
+        g = _pairs(grad)
+        rescaled = g * dy / torch.where(small, 1.0, dx)
+        return torch.where(small, g * (_pairs(x) > 0).to(grad), rescaled).reshape(grad.shape)
 
 
 class _RescaleMaxPool(torch.autograd.Function):
@@ -80,14 +87,14 @@ class _RescaleMaxPool(torch.autograd.Function):
             pair(m.padding), pair(m.dilation), m.ceil_mode, indices)
         out, ref = y.chunk(2)
         top = torch.max(out, ref)
-        delta_out = torch.cat([top - ref, out - top])
-        spread = F.max_unpool2d(grad * delta_out, indices, m.kernel_size, m.stride, m.padding,
-                                output_size=x.shape[-2:])
-        a, b = spread.chunk(2)
-        spread = torch.cat([a + b, a + b])
-        dx = _halves(x)
+        g, weighted = _pairs(grad), torch.empty_like(grad)  # grad × [top − ref; out − top]
+        torch.mul(g[0], top - ref, out=_pairs(weighted)[0])
+        torch.mul(g[1], out - top, out=_pairs(weighted)[1])
+        a, b = F.max_unpool2d(weighted, indices, m.kernel_size, m.stride, m.padding,
+                              output_size=x.shape[-2:]).chunk(2)
+        dx = _difference(x)
         small = dx.abs() < EPS
-        return torch.where(small, plain, spread / torch.where(small, torch.ones_like(dx), dx)), None
+        return torch.where(small, _pairs(plain), (a + b) / torch.where(small, 1.0, dx)).reshape(x.shape), None
 
 
 def _rescale_maxpool(x, module):
