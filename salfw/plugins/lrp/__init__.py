@@ -1,7 +1,8 @@
 """Relevance propagation: ``lrp`` and ``deep-taylor``.
 
 The engine (:mod:`.engine`) walks any module made of Linear, Conv2d, ReLU,
-pooling, Flatten, Dropout, BatchNorm (folded on a copy) and additions; the rules
+pooling, Flatten, Dropout, BatchNorm (folded into new weight tensors; the
+user's module is never changed) and additions; the rules
 (:mod:`.rules`) and composites (:mod:`.composites`) live in plain registries a
 plugin extends with :func:`register_rule` and :func:`register_composite`.
 """

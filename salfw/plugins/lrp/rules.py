@@ -156,14 +156,14 @@ class ZPlus(Rule):
         self.stabilizer = stabilizer
 
     def __call__(self, layer, x, z, relevance):
-        (wp, bp), (wn, _bn) = layer.positive(), layer.negative()
+        wp, bp = layer.positive()
         xp = x.clamp(min=0)
         if not _has_negatives(x):
             (gp,) = modified_gradients(layer, [xp], [(wp, bp)],
                                        lambda o: [relevance / stabilize(o[0], self.stabilizer)])
             return xp * gp
         xn = x.clamp(max=0)
-        gp, gn = modified_gradients(layer, [xp, xn], [(wp, bp), (wn, None)],
+        gp, gn = modified_gradients(layer, [xp, xn], [(wp, bp), (layer.negative()[0], None)],
                                     lambda o: [relevance / stabilize(o[0] + o[1], self.stabilizer)] * 2)
         return xp * gp + xn * gn
 
