@@ -13,7 +13,7 @@ from salfw.core.api import evaluate_full, make_metric
 from salfw.core.errors import InputError
 from salfw.core.guard import model_fingerprint, same_fingerprint
 from salfw.core.registry import get_registry, plugin_namespace
-from salfw.evaluation.harness import score_metric
+from salfw.core.api import evaluate_full
 from salfw.evaluation.metrics.flipping import feature_scores, removal_ranks
 from salfw.evaluation.metrics.image import ssim
 
@@ -172,11 +172,11 @@ def test_pointing_game_hit_miss_and_tolerance():
     a[1, 0, 6, 3] = 1.0  # 3 pixels below it
     mask = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
     mask[:, 1:4, 1:4] = True
-    hits, _ = score_metric("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=0)
+    hits, _ = evaluate_full("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=0)
     assert hits.tolist() == [1.0, 0.0]
-    far, _ = score_metric("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=3)
+    far, _ = evaluate_full("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=3)
     assert far.tolist() == [1.0, 1.0]
-    near, _ = score_metric("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=2)
+    near, _ = evaluate_full("pointing-game", model, x, a, torch.zeros(2, dtype=torch.long), mask=mask, tolerance=2)
     assert near.tolist() == [1.0, 0.0]
     with pytest.raises(InputError):
         salfw.evaluate("pointing-game", model, x, a)
@@ -245,7 +245,7 @@ def test_batch_equals_samples(metric):
 
     def run(sl):
         sub = salfw.Explanation(e.attributions[sl], targets[sl], e.method, e.kind, e.params, e.meta, x[sl])
-        return score_metric(metric, model, x[sl], sub, targets[sl], seed=3, mask=mask[sl], **BATCH_CASES[metric])[0]
+        return evaluate_full(metric, model, x[sl], sub, targets[sl], seed=3, mask=mask[sl], **BATCH_CASES[metric])[0]
 
     whole = run(slice(None))
     parts = torch.cat([run(slice(i, i + 1)) for i in range(3)])

@@ -195,14 +195,17 @@ def make_metric(name: str, **params: Any) -> Metric:
 
 
 def evaluate(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
-             target: Any = None, seed: int = 0, **params: Any) -> torch.Tensor:
-    """Score an explanation of ``x`` with a registered metric: one value per sample (N,)."""
-    scores, _extra = evaluate_full(metric, model, x, explanation, target, seed, **params)
+             target: Any = None, seed: int = 0, mask: Any = None, **params: Any) -> torch.Tensor:
+    """Score an explanation of ``x`` with a registered metric: one value per sample (N,).
+
+    ``mask``: ground-truth regions, one per input, for metrics that need one (``pointing-game``).
+    """
+    scores, _extra = evaluate_full(metric, model, x, explanation, target, seed, mask, **params)
     return scores
 
 
 def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
-                  target: Any = None, seed: int = 0, **params: Any) -> tuple[torch.Tensor, dict]:
+                  target: Any = None, seed: int = 0, mask: Any = None, **params: Any) -> tuple[torch.Tensor, dict]:
     """Like :func:`evaluate`, also returning the metric's extras (curves, baselines)."""
     instance = make_metric(metric, **params)
     if not isinstance(model, Model):
@@ -223,11 +226,16 @@ def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | 
     if attributions.shape[0] != batch.shape[0]:
         raise InputError(f"the explanation covers {attributions.shape[0]} samples, the inputs "
                          f"{batch.shape[0]}")
+    if mask is not None:
+        context["mask"] = mask
     attributions = attributions.to(device=batch.device, dtype=batch.dtype)
     module = model.module if isinstance(model, WhiteBox) else None
     with preserved(module):
-        scores = model.scores(batch)
-        targets = as_targets(target, batch.shape[0], scores.shape[1], scores.argmax(dim=1))
+        if target is None or model.num_classes is None:
+            predicted = model.scores(batch).argmax(dim=1)
+        else:
+            predicted = torch.zeros(batch.shape[0], dtype=torch.long, device=batch.device)
+        targets = as_targets(target, batch.shape[0], model.num_classes, predicted)
         result = instance.score(model, batch, attributions, targets, int(seed), **context)
     values, extra = result if isinstance(result, tuple) else (result, {})
     return values, extra

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from salfw.core.api import as_batch, explain, make_metric, metrics as registered_metrics
+from salfw.core.api import as_batch, evaluate_full, explain, make_metric, metrics as registered_metrics
 from salfw.core.errors import InputError, SalfwError
 from salfw.core.explanation import Explanation
 from salfw.core.guard import preserved
@@ -106,28 +106,6 @@ class Comparison:
     skipped: list[dict] = dataclasses.field(default_factory=list)
     costs: list[dict] = dataclasses.field(default_factory=list)
     settings: dict = dataclasses.field(default_factory=dict)
-
-
-def score_metric(metric: str, model: Model, x: torch.Tensor, explanation: Explanation | torch.Tensor,
-                 targets: torch.Tensor, seed: int = 0, mask: torch.Tensor | None = None,
-                 **params: Any) -> tuple[torch.Tensor, dict]:
-    """Like ``salfw.core.api.evaluate_full`` with a ``mask`` for metrics that need one."""
-    instance = make_metric(metric, **params)
-    if "white-box" in instance.needs and not isinstance(model, WhiteBox):
-        raise InputError(f"metric '{metric}' needs a salfw.WhiteBox, got a {type(model).__name__}")
-    batch = as_batch(model, x)
-    context: dict[str, Any] = {}
-    if isinstance(explanation, Explanation):
-        context["explanation"] = explanation
-        attributions = explanation.attributions
-    else:
-        attributions = explanation
-    if mask is not None:
-        context["mask"] = mask
-    attributions = attributions.to(device=batch.device, dtype=batch.dtype)
-    with preserved(model.module if isinstance(model, WhiteBox) else None):
-        result = instance.score(model, batch, attributions, targets.to(batch.device), int(seed), **context)
-    return result if isinstance(result, tuple) else (result, {})
 
 
 def _subset(explanation: Explanation, k: int) -> Explanation:
@@ -237,7 +215,7 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                     use_mask = object_masks(batch, model.input_range)
                 start = time.perf_counter()
                 try:
-                    values, extras = score_metric(metric, model, use_x, use_e, use_e.targets, seed, mask=use_mask,
+                    values, extras = evaluate_full(metric, model, use_x, use_e, use_e.targets, seed, mask=use_mask,
                                                   **params)
                 except SalfwError as exc:
                     result.skipped.append({"model": model_name, "method": method, "metric": metric,
