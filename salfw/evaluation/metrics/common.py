@@ -4,7 +4,6 @@ batched rank and linear correlations."""
 from __future__ import annotations
 
 import numpy as np
-import scipy.stats
 import torch
 
 from salfw.core.errors import InputError
@@ -49,8 +48,10 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Ties get their average rank (``scipy.stats.rankdata``), as in ``scipy.stats.spearmanr``;
     all rows are ranked in one vectorised call.
     """
-    ra = scipy.stats.rankdata(a.detach().cpu().double().numpy(), axis=1)
-    rb = scipy.stats.rankdata(b.detach().cpu().double().numpy(), axis=1)
+    from scipy.stats import rankdata  # imported here: scipy.stats costs ~1 s at plugin load
+
+    ra = rankdata(a.detach().cpu().double().numpy(), axis=1)
+    rb = rankdata(b.detach().cpu().double().numpy(), axis=1)
     return pearson(torch.from_numpy(ra), torch.from_numpy(rb)).to(a.dtype)
 
 
