@@ -19,9 +19,12 @@ with pruning; here the trees are scikit-learn's CART
 (``DecisionTreeClassifier``, Gini) with a small depth per layer
 (``output_depth`` for the first, ``depth`` for the others) and
 ``min_samples_leaf`` (Zilke et al.'s minimum-examples pruning), which keeps
-the merged rule set small. The rule set classifies an input by the class
-with the most matching rules (ties to the lower class); an input no rule
-matches gets the network's most frequent decision on the training inputs.
+the merged rule set small. Each final rule remembers the leaf of the first tree it
+came from; the rule set classifies an input by the class with the most
+leaves one of whose rules match (ties to the lower class; counting leaves,
+not rules, so that a leaf whose conditions multiplied out into many terms
+does not outvote the others); an input no rule matches gets the network's
+most frequent decision on the training inputs.
 The *fidelity* is the fraction of held-out inputs on which the rules agree
 with the network.
 
@@ -68,12 +71,17 @@ def mlp_activations(model, x: torch.Tensor, batch_size: int = 512) -> tuple[list
     return [x.flatten(1).double().cpu().numpy(), *hidden], torch.cat(decisions).cpu().numpy()
 
 
-def predict_rules(rules: list[tuple[Term, int]], x: np.ndarray, num_classes: int, default: int) -> np.ndarray:
-    """Class per row of ``x``: the class with most matching rules (ties to the lower class); ``default``
-    where no rule matches."""
+def predict_rules(rules: list[tuple[Term, int, int]], x: np.ndarray, num_classes: int, default: int) -> np.ndarray:
+    """Class per row of ``x`` from rules ``(term, class, leaf)``: each leaf of the output-layer tree
+    whose rewritten terms match votes once for its class; the class with most votes wins (ties to the
+    lower class), ``default`` where no rule matches."""
+    leaves = {leaf: cls for _, cls, leaf in rules}
+    fired = {leaf: np.zeros(len(x), dtype=bool) for leaf in leaves}
+    for term, _, leaf in rules:
+        fired[leaf] |= matches(term, x)
     votes = np.zeros((len(x), num_classes), dtype=np.int64)
-    for term, cls in rules:
-        votes[:, cls] += matches(term, x)
+    for leaf, cls in leaves.items():
+        votes[:, cls] += fired[leaf]
     return np.where(votes.max(1) > 0, votes.argmax(1), default)
 
 
@@ -82,7 +90,8 @@ class DeepRED(ModelExplainer):
 
     ``data = {"inputs": training inputs, "heldout": held-out inputs,
     "labels": optional held-out labels}``. ``run`` returns ``rules`` (a list of
-    (term, class): term maps input feature -> (low, high] interval),
+    (term, class, leaf): term maps input feature -> (low, high] interval, leaf
+    numbers the output tree's leaf the rule comes from),
     ``rule_count``, ``text`` (the rules as readable lines), ``fidelity`` and
     ``train_fidelity`` (agreement with the network), ``accuracy`` (with labels)
     and ``default_class``.
@@ -117,7 +126,7 @@ class DeepRED(ModelExplainer):
         return DecisionTreeClassifier(max_depth=depth, min_samples_leaf=self.params.min_samples_leaf,
                                       random_state=seed).fit(features, labels)
 
-    def _substitute(self, rules: list[tuple[Term, int]], below: np.ndarray, here: np.ndarray, seed: int):
+    def _substitute(self, rules: list[tuple[Term, int, int]], below: np.ndarray, here: np.ndarray, seed: int):
         """Rewrite rules on layer ``here`` as rules on layer ``below`` (both (N, D) training activations)."""
         cache: dict[tuple[int, float], tuple[list[Term], list[Term]]] = {}
 
@@ -131,8 +140,8 @@ class DeepRED(ModelExplainer):
                     cache[(f, t)] = ([term for term, c in leaves if c], [term for term, c in leaves if not c])
             return cache[(f, t)][0 if greater else 1]
 
-        out: list[tuple[Term, int]] = []
-        for term, cls in rules:
+        out: list[tuple[Term, int, int]] = []
+        for term, cls, leaf in rules:
             expanded: list[Term] = [{}]
             for f, t, greater in conditions(term):
                 expanded = dedupe([c for a in expanded for b in dnf(f, t, greater)
@@ -140,7 +149,7 @@ class DeepRED(ModelExplainer):
                 if len(out) + len(expanded) > self.params.max_rules:
                     raise ParameterError(f"deepred: the merged rule set exceeds max_rules={self.params.max_rules}; "
                                          f"lower output_depth/depth or raise min_samples_leaf or max_rules")
-            out += [(e, cls) for e in expanded]
+            out += [(e, cls, leaf) for e in expanded]
         return out
 
     def run(self, model, data=None, seed: int = 0) -> dict:
@@ -151,14 +160,15 @@ class DeepRED(ModelExplainer):
             layers, decisions = mlp_activations(model, inputs)
             held_layers, held_decisions = mlp_activations(model, heldout)
             num_classes = int(model.forward(heldout[:1]).shape[1])
-        rules = leaf_terms(self._tree(layers[-1], decisions, self.params.output_depth, seed))
+        rules = [(term, cls, leaf) for leaf, (term, cls) in
+                 enumerate(leaf_terms(self._tree(layers[-1], decisions, self.params.output_depth, seed)))]
         for k in range(len(layers) - 1, 0, -1):
             rules = self._substitute(rules, layers[k - 1], layers[k], seed)
         default = int(np.bincount(decisions, minlength=num_classes).argmax())
         predicted = predict_rules(rules, held_layers[0], num_classes, default)
         result = {
             "rules": rules, "rule_count": len(rules),
-            "text": [f"if {format_term(term)} then class {cls}" for term, cls in rules],
+            "text": [f"if {format_term(term)} then class {cls}  (leaf {leaf})" for term, cls, leaf in rules],
             "fidelity": float(np.mean(predicted == held_decisions)),
             "train_fidelity": float(np.mean(predict_rules(rules, layers[0], num_classes, default) == decisions)),
             "default_class": default, "predicted": predicted,
