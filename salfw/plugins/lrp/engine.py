@@ -310,15 +310,18 @@ class Network:
 
 
 def network_for(method, model: WhiteBox, keep: bool = False, fold: bool = True) -> Network:
-    """The graph of ``model`` for one explanation: ``check_model`` builds it with ``keep=True``
-    and the ``attribute`` call that follows takes it over (so a model changed between two
-    explanations is always read afresh). ``fold=False`` keeps BatchNorm layers as they are."""
+    """The graph of ``model`` for one explanation: ``check_model`` builds it afresh with
+    ``keep=True`` and the ``attribute`` call that follows takes it over (so a model changed
+    between two explanations is always read afresh, even when an explanation stopped between
+    the two calls). ``fold=False`` keeps BatchNorm layers as they are."""
     cached = method.__dict__.pop("_network", None)
-    net = (cached[1] if cached is not None and cached[0] is model.module and cached[1].fold == fold
-           else Network(model, method.name, fold))
     if keep:
+        net = Network(model, method.name, fold)
         method._network = (model.module, net)
-    return net
+        return net
+    if cached is not None and cached[0] is model.module and cached[1].fold == fold:
+        return cached[1]
+    return Network(model, method.name, fold)
 
 
 def one_hot_start(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
