@@ -207,8 +207,11 @@ class Network:
         env: dict[fx.Node, object] = {}
         out = None
         for node in self.nodes:
-            args = fx.node.map_arg(node.args, lambda n: env[n])
-            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if len(node.args) == 1 and isinstance(node.args[0], fx.Node) and not node.kwargs:
+                args, kwargs = (env[node.args[0]],), {}  # a layer call x -> f(x): no tree walk
+            else:
+                args = fx.node.map_arg(node.args, lambda n: env[n])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
             if node.op == "placeholder":
                 env[node] = y
             elif node.op == "get_attr":
