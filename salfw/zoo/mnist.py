@@ -79,16 +79,16 @@ def read_idx(path: str | os.PathLike, magic: int, shape_tail: tuple[int, ...] = 
     path = Path(path)
     data = _read_bytes(path)
     ndim = magic & 0xFF
+    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    if found is not None and found != magic:
+        raise ValueError(
+            f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x} "
+            f"(uint8 data with {ndim} dimension{'s' if ndim != 1 else ''})"
+        )
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise ValueError(
             f"{path}: too short for an IDX header ({len(data)} bytes, expected at least {header_len})"
-        )
-    found = int.from_bytes(data[:4], "big")
-    if found != magic:
-        raise ValueError(
-            f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x} "
-            f"(uint8 data with {ndim} dimension{'s' if ndim != 1 else ''})"
         )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     if shape_tail and dims[1:] != shape_tail:
