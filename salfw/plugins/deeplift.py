@@ -140,7 +140,7 @@ class DeepLift(Method):
             if node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) == "relu":
                 raise ModelRequirementError(
                     f"'deeplift' replaces the derivative of nn.ReLU modules; the functional relu in node "
-                    f"'{node.name}' of {type(model.module).__name__}.forward cannot be hooked (use nn.ReLU)")
+                    f"'{node.name}' of {type(model.module).__name__}.forward cannot be replaced (use nn.ReLU)")
 
     def attribute(self, model, x, targets, seed):
         baseline = baseline_for(self.params.baseline, x, model.input_range, seed)
