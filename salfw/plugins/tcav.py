@@ -29,7 +29,13 @@ often than ``alpha``: read the p-value with the effect size (``mean``).
 The gradients at the layer are computed once for the class inputs (one
 batched backward pass), so each extra CAV costs a dot product. The linear
 classifier is scikit-learn's ``SGDClassifier`` (hinge loss, as in Kim et
-al.'s code) or ``LogisticRegression``.
+al.'s code) or ``LogisticRegression``, fitted on activations divided by
+their root mean square (one scalar, so the CAV's direction is unchanged but
+the solver converges on layers with large activations).
+
+At a layer followed only by linear operations (e.g. the last ReLU before a
+global average pool and a linear head) the gradient is the same for every
+input, so every TCAV score is 0 or 1: choose an earlier layer.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ class TCAV(ModelExplainer):
         from sklearn.linear_model import LogisticRegression, SGDClassifier
 
         features = np.concatenate([positive, negative])
+        features = features / (np.sqrt(np.mean(features ** 2)) or 1.0)  # one scale for all: same direction
         labels = np.concatenate([np.ones(len(positive)), np.zeros(len(negative))])
         if self.params.classifier == "sgd":
             classifier = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, random_state=seed)
