@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -171,16 +171,23 @@ def test_integrated_gradients_completeness_improves_with_steps_on_smooth_network
 
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 10_000), width=st.integers(2, 12), rule=st.sampled_from(RULES))
+@example(seed=449, width=2, rule="gauss-legendre")  # a kink near the path's end: once broke a looser bound
 def test_integrated_gradients_completeness_on_relu_networks(seed, width, rule):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Conv2d(2, width, 2), nn.ReLU(), nn.Flatten(), nn.Linear(width * 4, K)).double()
     model = salfw.WhiteBox(net)
     x = inputs(image=True, seed=seed)
-    with torch.no_grad():
-        gap = (net(x) - net(torch.zeros_like(x))).gather(1, TARGETS[:, None]).abs().max().item()
-    e = salfw.explain("integrated-gradients", model, x, target=TARGETS, steps=1024, rule=rule,
+    steps = 1024
+    e = salfw.explain("integrated-gradients", model, x, target=TARGETS, steps=steps, rule=rule,
                       batch_size=4096)
-    assert max(abs(d) for d in e.meta["convergence_delta"]) <= 5e-3 * max(gap, 1e-3)
+    # Along the path from the zero baseline each hidden unit's pre-activation is linear in alpha, so the
+    # integrand is piecewise constant with at most one jump per unit, of size J_j = |W2[c, j]| |h_j(x) - h_j(0)|.
+    # A quadrature rule whose largest node gap is below 4/steps errs by at most sum_j J_j * 4/steps.
+    with torch.no_grad():
+        slope = (net[0](x) - net[0](torch.zeros_like(x))).flatten(1).abs()
+        jumps = (net[3].weight[TARGETS].abs() * slope).sum(1)
+    delta = torch.tensor(e.meta["convergence_delta"], dtype=jumps.dtype).abs()
+    assert (delta <= 4 * jumps / steps + 1e-12).all(), (delta, jumps)
 
 
 # -- batch == per-sample, chunking, seeds ---------------------------------------------------------------
