@@ -56,10 +56,11 @@ def tiny_mlp(bias: bool = False, seed: int = 0, dtype: torch.dtype = torch.float
                          nn.Linear(8, CLASSES, bias=bias)).to(dtype)
 
 
-def sample_batch(kind: str, n: int = 3, seed: int = 1) -> torch.Tensor:
+def sample_batch(kind: str, n: int = 3, seed: int = 1, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``n`` uniform random inputs of one sample ``shape`` (default: the tiny networks' input)."""
     g = torch.Generator().manual_seed(seed)
-    shape = (n, *IMAGE_SHAPE) if kind == "image" else (n, VECTOR_SIZE)
-    return torch.rand(shape, generator=g)
+    shape = shape or (IMAGE_SHAPE if kind == "image" else (VECTOR_SIZE,))
+    return torch.rand((n, *shape), generator=g)
 
 
 def default_model(kind: str) -> WhiteBox:
@@ -100,8 +101,8 @@ def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECK
     """Run the conformance checks for one method on one input kind; AssertionError on the first failure."""
     cls = methods()[name]
     params = dict(cls.test_params if params is None else params)
-    x = sample_batch(kind)
     model = _model_for(cls, kind)
+    x = sample_batch(kind, shape=model.input_shape)
     module = model.module if isinstance(model, WhiteBox) else None
     module.train() if module is not None else None  # the guard must restore training mode too
     handle = module.register_forward_hook(lambda *a: None) if module is not None else None  # a user's hook
