@@ -76,8 +76,13 @@ def train_command(spec, epochs, seed, out, limit, batch_size, mnist_dir):
         model = toolkit.build(full["layers"], bias=full["bias"], input_shape=tuple(full["input_shape"]), seed=seed)
     except ValueError as exc:
         raise click.ClickException(f"bad layer specification: {exc}") from None
-    losses = toolkit.train(model, x_train, y_train, epochs=epochs, lr=full["lr"], batch_size=batch_size, seed=seed,
-                           augment=full["augment"], offset=full["offset"])
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)  # as scripts/train_zoo.py: the same seed gives the same weights
+    try:
+        losses = toolkit.train(model, x_train, y_train, epochs=epochs, lr=full["lr"], batch_size=batch_size,
+                               seed=seed, augment=full["augment"], offset=full["offset"])
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
     accuracy = toolkit.evaluate(model, x_held, y_held, offset=full["offset"])
     layout = {"layers": full["layers"], "bias": full["bias"], "input_shape": list(full["input_shape"])}
     toolkit.save(model, layout, out, metadata={"accuracy": accuracy, "seed": seed, "epochs": epochs,
