@@ -2,7 +2,6 @@
 DeepRED and the surrogate tree, on hand-built networks whose answers are known."""
 
 import gzip
-import warnings
 
 import numpy as np
 import pytest

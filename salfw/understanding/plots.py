@@ -28,7 +28,7 @@ from torch import nn  # noqa: E402
 from salfw.core.errors import InputError, ParameterError  # noqa: E402
 from salfw.core.models import WhiteBox  # noqa: E402
 
-from .layers import find_layer, tapped  # noqa: E402
+from .layers import find_layer  # noqa: E402
 
 
 def _grid(n: int) -> tuple[int, int]:
