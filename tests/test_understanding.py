@@ -411,3 +411,39 @@ def test_cli_errors(fake_mnist, tmp_path):
     assert result.exit_code != 0 and "MNIST" in result.output
     result = runner.invoke(toolkit_cli.test_command, ["--model", str(tmp_path / "missing.safetensors")])
     assert isinstance(result.exception, InputError)
+
+
+# -- the built-in models ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mnist_digits():
+    from salfw.zoo import mnist
+
+    directory = mnist.default_mnist_dir()
+    if not any((directory / f"t10k-images-idx3-ubyte{ext}").exists() for ext in ("", ".gz")):
+        pytest.skip(f"MNIST not found at {directory} (set SALFW_MNIST_DIR)")
+    images, labels = mnist.load_mnist(directory)
+    return images[mnist.TRAIN_SLICE][:300], images[mnist.HELDOUT_SLICE][:500], labels[mnist.HELDOUT_SLICE][:500]
+
+
+def test_deepred_and_surrogate_on_the_builtin_mlp(mnist_digits):
+    train, held, labels = mnist_digits
+    model = salfw.load_model("builtin:mnist-mlp")
+    before = snapshot(model.module)
+    data = {"inputs": train, "heldout": held, "labels": labels}
+    rules = make_explainer("deepred").run(model, data)
+    surrogate = make_explainer("surrogate-tree").run(model, data)
+    assert_unchanged(model.module, before)
+    network = model.scores(held).argmax(1).numpy()
+    majority = np.mean(network == np.bincount(network).argmax())
+    for result in (rules, surrogate):  # both beat a constant guess, neither matches the network
+        assert majority + 0.1 < result["fidelity"] < 0.9
+    assert rules["rule_count"] > 10
+    assert surrogate["importance"].shape == (1, 28, 28)
+
+
+def test_activation_maximisation_on_the_builtin_cnn():
+    model = salfw.load_model("builtin:mnist-cnn")
+    result = make_explainer("activation-maximisation", targets=(3, 7), steps=24).run(model)
+    assert (result["objective_end"] > result["objective_start"] + 5).all()
+    scores = model.scores(result["inputs"])[:, [3, 7]]
+    assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]  # each class likes its own image best
