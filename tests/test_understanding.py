@@ -447,3 +447,7 @@ def test_activation_maximisation_on_the_builtin_cnn():
     assert (result["objective_end"] > result["objective_start"] + 5).all()
     scores = model.scores(result["inputs"])[:, [3, 7]]
     assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]  # each class likes its own image best
+    # the log-probability objective also pushes the other classes down: each image is taken for its class
+    probable = make_explainer("activation-maximisation", targets=(2, 3, 9), steps=32,
+                              objective="log-probability").run(model)
+    assert model.scores(probable["inputs"]).argmax(1).tolist() == [2, 3, 9]

@@ -9,8 +9,12 @@ here maximises
 
     J(x) = a(T(x)) - l2 * ||x - m||^2 / n - tv * TV(x) / n
 
-with ``a`` the objective (a class logit, the pre-softmax score as in Yosinski
-et al., or the spatial mean of one channel of any layer), ``T`` a random
+with ``a`` the objective: a class logit (the pre-softmax score, as Simonyan
+et al. and Yosinski et al. use: the probability can rise by lowering the
+other classes), or with ``objective="log-probability"`` the class's
+log-softmax (which does push the other classes down, so that the synthesis
+is classified as its target), or the spatial mean of one channel of any
+layer. ``T`` is a random
 translation by up to ``jitter`` pixels shared by the batch (Olah et al.), ``m``
 the middle of the input range, ``n`` the number of input values per sample and
 ``TV`` the anisotropic total variation sum |x[i+1]-x[i]| + |x[:, j+1]-x[:, j]|
@@ -92,6 +96,9 @@ class ActivationMaximisation(ModelExplainer):
         init_noise: float = param(0.1, "amplitude of the seeded uniform noise of the initial image, as a "
                                        "fraction of the input range", low=0.0, high=1.0)
         shape: tuple[int, ...] | None = param(None, "input shape (C, H, W) when the model does not record one")
+        objective: str = param("logit", "for classes: maximise the logit (Yosinski et al.) or the log-probability "
+                                         "(which also pushes the other classes down)",
+                               choices=("logit", "log-probability"))
 
     def _shape(self, model) -> tuple[int, ...]:
         shape = self.params.shape or model.input_shape
@@ -118,6 +125,8 @@ class ActivationMaximisation(ModelExplainer):
             def objective(x: torch.Tensor) -> torch.Tensor:
                 if layer is None:
                     out = model.forward(x)
+                    if p.objective == "log-probability":
+                        out = torch.log_softmax(out, dim=1)
                 else:
                     with tapped(layer) as tap:
                         model.forward(x)
