@@ -19,7 +19,8 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
             params: dict[str, str] | None = None, skip_unfit: bool = False) -> tuple[Path, dict[str, str]]:
     """Explain ``x`` with each method and draw the grid to ``<out>/compare.png``.
 
-    ``params`` (from ``--set``) go to every method that declares them. With ``skip_unfit``
+    ``params`` (from ``--set``) go to every method that declares them; ``method.key`` goes to that
+    method only. With ``skip_unfit``
     (``--all``), methods whose requirements the model lacks are left out of the grid instead of
     failing. Returns the image path and the skipped methods with their reasons.
     """
@@ -35,7 +36,9 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
         cls = known.get(name)
         declared = {f.name for f in dataclasses.fields(cls.Params)} if cls is not None else set(params)
         given = {k: v for k, v in params.items() if k in declared}
-        unused -= set(given)
+        scoped = {k: v for k, v in params.items() if k.startswith(f"{name}.")}
+        given.update({k.split(".", 1)[1]: v for k, v in scoped.items()})
+        unused -= set(given) | set(scoped)
         try:
             explanations[name] = explain(name, model, x, target=target, seed=seed, **given)
         except ModelRequirementError as exc:
