@@ -451,3 +451,15 @@ def test_activation_maximisation_on_the_builtin_cnn():
     probable = make_explainer("activation-maximisation", targets=(2, 3, 9), steps=32,
                               objective="log-probability").run(model)
     assert model.scores(probable["inputs"]).argmax(1).tolist() == [2, 3, 9]
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "mnist-cnn-offset"])
+def test_cli_test_reproduces_the_recorded_accuracy(name, mnist_digits, tmp_path):
+    """`salfw test` on a built-in model gives the accuracy recorded in models.json (the offset model
+    checks that the recorded preprocessing is applied)."""
+    from salfw.zoo.plugin import models_index
+
+    result = CliRunner().invoke(toolkit_cli.test_command, ["--model", f"builtin:{name}", "--errors", "0"])
+    assert result.exit_code == 0, result.output
+    accuracy = float(result.output.splitlines()[0].split(":")[1].strip().rstrip("%")) / 100
+    assert accuracy == pytest.approx(models_index()[name]["accuracy"], abs=1e-4)
