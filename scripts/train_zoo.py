@@ -37,32 +37,11 @@ sys.path.insert(0, str(REPO))
 
 from salfw.zoo import toolkit  # noqa: E402
 from salfw.zoo.mnist import HELDOUT_SLICE, TRAIN_SLICE, default_mnist_dir, load_mnist  # noqa: E402
+from salfw.understanding.specs import CNN_LAYERS, MLP_LAYERS  # noqa: E402  (shared with `salfw train`)
 from salfw.zoo.samples import SAMPLES_PATH, pick_samples  # noqa: E402
 
 WEIGHTS = REPO / "salfw" / "zoo" / "weights"
 COMMAND = "python scripts/train_zoo.py"
-
-MLP_LAYERS = [
-    {"type": "flatten"},
-    {"type": "linear", "out": 128},
-    {"type": "relu"},
-    {"type": "linear", "out": 64},
-    {"type": "relu"},
-    {"type": "linear", "out": 10},
-]
-
-CNN_LAYERS = [
-    {"type": "conv", "out": 32, "kernel": 3, "padding": 1},
-    {"type": "relu"},
-    {"type": "maxpool", "kernel": 2},
-    {"type": "conv", "out": 64, "kernel": 3, "padding": 1},
-    {"type": "relu"},
-    {"type": "maxpool", "kernel": 2},
-    {"type": "conv", "out": 64, "kernel": 3, "padding": 1},
-    {"type": "relu"},
-    {"type": "gap"},
-    {"type": "linear", "out": 10},
-]
 
 #: name -> (summary, layers, bias, offset, epochs, lr, augment); seed and batch size are shared.
 #: The CNNs need the larger rate and 30 epochs: their global-average-pool head learns slowly from

@@ -17,6 +17,7 @@ from salfw.core.registry import TYPES, get_registry
 from .common import inputs_for, model_from_spec, model_options, parse_sets
 from .compare import compare_command
 from .evaluate import evaluate_command
+from .toolkit import plot_command, test_command, train_command
 from .train_masker import train_masker as train_masker_command
 
 LISTABLE = {"methods": "method", "metrics": "metric", "perturbations": "perturbation",
@@ -136,6 +137,9 @@ def run_command(method, model_spec, input_path, sample, target, sets, seed, out,
 cli.add_command(compare_command)
 cli.add_command(evaluate_command)
 cli.add_command(train_masker_command)
+cli.add_command(train_command)
+cli.add_command(test_command)
+cli.add_command(plot_command)
 
 
 def main(argv: list[str] | None = None) -> None:
