@@ -22,10 +22,9 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
                  "_global_backward_pre_hooks")
 
 
-def _hook_keys(module: nn.Module) -> dict:
-    return {(name, attr): set(getattr(m, attr).keys())
-            for name, m in module.named_modules(remove_duplicate=False)
-            for attr in _HOOK_DICTS if hasattr(m, attr)}
+def _hook_keys(modules: list[nn.Module]) -> list[tuple[nn.Module, str, set]]:
+    return [(m, attr, set(table)) for m in modules for attr in _HOOK_DICTS
+            if (table := getattr(m, attr, None)) is not None]
 
 
 def _global_keys() -> dict:
@@ -39,28 +38,36 @@ def preserved(module: nn.Module | None):
     if module is None:
         yield
         return
-    training = {m: m.training for m in module.modules()}
+    modules = list(module.modules())
+    training = [m for m in modules if m.training]
     params = list(module.parameters())
     state = [(p, p.requires_grad, p.grad, p.data) for p in params]
-    hooks, global_hooks = _hook_keys(module), _global_keys()
+    hooks, global_hooks = _hook_keys(modules), _global_keys()
     try:
-        module.eval()
+        for m in training:
+            m.training = False
         for p in params:
-            p.requires_grad_(False)
+            if p.requires_grad:
+                p.requires_grad_(False)
         yield
     finally:
-        for m, flag in training.items():
-            m.training = flag
+        for m in modules:
+            if m.training:
+                m.training = False
+        for m in training:
+            m.training = True
         for p, requires_grad, grad, data in state:
             if p.data is not data:
                 p.data = data
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        modules = dict(module.named_modules(remove_duplicate=False))
-        for (name, attr), before in hooks.items():
-            table = getattr(modules[name], attr)
-            for key in set(table.keys()) - before:
-                del table[key]
+            if p.requires_grad != requires_grad:
+                p.requires_grad_(requires_grad)
+            if p.grad is not grad:
+                p.grad = grad
+        for m, attr, before in hooks:
+            table = getattr(m, attr)
+            if len(table) != len(before) or any(key not in before for key in table):
+                for key in set(table) - before:
+                    del table[key]
         for attr, before in global_hooks.items():
             table = getattr(module_globals, attr)
             for key in set(table.keys()) - before:
@@ -73,7 +80,7 @@ def model_fingerprint(module: nn.Module) -> dict:
         "training": [m.training for m in module.modules()],
         "requires_grad": [p.requires_grad for p in module.parameters()],
         "params": [p.detach().clone() for p in module.state_dict().values()],
-        "hooks": {k: len(v) for k, v in _hook_keys(module).items()},
+        "hooks": [len(keys) for _, _, keys in _hook_keys(list(module.modules()))],
         "global_hooks": {k: len(v) for k, v in _global_keys().items()},
         "grads": [None if p.grad is None else p.grad.clone() for p in module.parameters()],
     }

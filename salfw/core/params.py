@@ -14,6 +14,7 @@ for example a baseline tensor; not settable from the CLI except as a string).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -142,6 +143,12 @@ def _check_constraints(field: dataclasses.Field, value):
             raise ParameterError(f"parameter '{field.name}' must be <= {meta['high']}, got {v!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(params_cls: type) -> dict[str, Any]:
+    """Resolved field types of a declaration (evaluating string annotations once per class)."""
+    return typing.get_type_hints(params_cls)
+
+
 def parse_params(params_cls: type, given: dict[str, Any], *, owner: str = "method") -> Any:
     """Validate ``given`` against the declaration and return a params instance.
 
@@ -149,7 +156,7 @@ def parse_params(params_cls: type, given: dict[str, Any], *, owner: str = "metho
     raise :class:`ParameterError` naming the parameter and what is accepted.
     """
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
-    hints = typing.get_type_hints(params_cls)
+    hints = _hints(params_cls)
     unknown = sorted(set(given) - set(fields))
     if unknown:
         accepted = ", ".join(sorted(fields)) or "none"
@@ -164,7 +171,7 @@ def parse_params(params_cls: type, given: dict[str, Any], *, owner: str = "metho
 
 def describe_params(params_cls: type) -> list[dict]:
     """Name, type, default, help and constraints of each declared parameter."""
-    hints = typing.get_type_hints(params_cls)
+    hints = _hints(params_cls)
     out = []
     for f in dataclasses.fields(params_cls):
         out.append({
