@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .contracts import Method, Metric, Perturbation
+from .contracts import Method, Metric, ModelExplainer, Perturbation
 from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
 from .explanation import Explanation
 from .guard import preserved
@@ -44,6 +44,12 @@ def model_explainers() -> dict[str, type]:
 def make_method(name: str, **params: Any) -> Method:
     cls = get_registry().get("method", name)
     return cls(parse_params(cls.Params, params, owner=f"method '{name}'"))
+
+
+def make_explainer(name: str, **params: Any) -> ModelExplainer:
+    """A registered model explainer (``salfw list explainers``) with validated parameters."""
+    cls = get_registry().get("model-explainer", name)
+    return cls(parse_params(cls.Params, params, owner=f"model explainer '{name}'"))
 
 
 def make_perturbation(spec: str | Perturbation, **params: Any) -> Perturbation:
