@@ -15,7 +15,6 @@ VisualBackProp have no Captum equivalent and are timed alone.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
@@ -24,20 +23,7 @@ import salfw
 from salfw.core.api import make_method
 from salfw.core.guard import preserved
 from salfw.zoo.samples import load_samples
-
-
-def best_times(fns, repeat):
-    """Minimum time of each callable over ``repeat`` rounds; the callables alternate within a round, so
-    that load from other processes hits them alike."""
-    for fn in fns:
-        fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+from timing import best_times
 
 
 def main():

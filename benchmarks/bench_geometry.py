@@ -20,26 +20,13 @@ machines are shared and noisy). Peers, where one exists:
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 import salfw
 from salfw.plugins.local_linear import local_plane
 from salfw.zoo.samples import load_samples
-
-
-def best_times(fns, repeat):
-    """Minimum time of each callable over ``repeat`` rounds, the callables alternating within a round."""
-    for fn in fns:
-        fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
+from timing import best_times
 
 
 def jacobian_torch_func(net, x):

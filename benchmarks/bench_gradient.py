@@ -15,7 +15,6 @@ of the batch for the predicted classes and probabilities it records in
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from torch import nn
 import salfw
 from salfw.core.api import make_method
 from salfw.core.guard import preserved
+from timing import best_time
 
 
 def mnist_cnn() -> salfw.WhiteBox:
@@ -44,16 +44,6 @@ def digits(n: int) -> torch.Tensor:
     except OSError:
         x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     return x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n]
-
-
-def best(fn, repeat: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -112,7 +102,7 @@ def main() -> None:
     print(f"{'salfw':36s} {'explain':>8s} {'alone':>8s}   {'Captum':31s} {'time (s)':>8s}  "
           f"ratio (explain / alone)")
     for (ours_name, ours, theirs_name, theirs), ours_alone in zip(pairs, alone_runs):
-        a, a1, b = best(ours, args.repeat), best(ours_alone, args.repeat), best(theirs, args.repeat)
+        a, a1, b = best_time(ours, args.repeat), best_time(ours_alone, args.repeat), best_time(theirs, args.repeat)
         print(f"{ours_name:36s} {a:8.4f} {a1:8.4f}   {theirs_name:31s} {b:8.4f}  {a / b:5.2f} / {a1 / b:5.2f}")
 
 

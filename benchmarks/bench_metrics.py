@@ -15,7 +15,6 @@ One thread (torch.set_num_threads(1)); the minimum over repeats is reported.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -23,6 +22,7 @@ import salfw
 from salfw.core.api import make_perturbation
 from salfw.evaluation.harness import load_data
 from salfw.evaluation.metrics.flipping import feature_scores, removal_ranks
+from timing import best_time
 
 
 def loop_morf(model, x, attributions, targets, steps: int, seed: int = 0) -> torch.Tensor:
@@ -45,15 +45,6 @@ def loop_morf(model, x, attributions, targets, steps: int, seed: int = 0) -> tor
     return torch.stack(aopc)
 
 
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=200)
@@ -69,13 +60,13 @@ def main(argv=None) -> None:
     for name in args.models.split(","):
         model = salfw.load_model(f"builtin:{name}")
         e = salfw.explain("gradient", model, x)
-        ours = best_of(lambda: salfw.evaluate("morf", model, x, e, steps=args.steps, baseline=False), args.repeats)
+        ours = best_time(lambda: salfw.evaluate("morf", model, x, e, steps=args.steps, baseline=False), args.repeats)
         k = min(args.loop_samples, len(x))
         check = salfw.evaluate("morf", model, x[:k], e.attributions[:k], target=e.targets[:k], steps=args.steps,
                                baseline=False)
         reference = loop_morf(model, x[:k], e.attributions[:k], e.targets[:k], args.steps)
         assert torch.allclose(check.double(), reference.double(), atol=1e-5), "batched and loop AOPC differ"
-        loop = best_of(lambda: loop_morf(model, x[:k], e.attributions[:k], e.targets[:k], args.steps),
+        loop = best_time(lambda: loop_morf(model, x[:k], e.attributions[:k], e.targets[:k], args.steps),
                        1) * len(x) / k
         print(f"{name:<10} {ours:>9.2f} {loop:>16.2f} {ours / loop:>17.3f}")
 

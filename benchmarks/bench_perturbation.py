@@ -17,24 +17,15 @@ ratios are salfw time / the other time. Run: ``python benchmarks/bench_perturbat
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
 
 import salfw
 from salfw.zoo.samples import load_samples
+from timing import best_time
 
 REPEATS = 3
-
-
-def best(fn, repeats=REPEATS):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main():
@@ -68,8 +59,8 @@ def main():
         keep = samples[:, torch.from_numpy(segments)].float()[:, None]
         perturbed = digit * keep + means * (1 - keep)
 
-        t_salfw = best(lambda: salfw.explain("lime", model, digit, **lime_params))
-        t_floor = best(lambda: model.probabilities(perturbed, 256))
+        t_salfw = best_time(lambda: salfw.explain("lime", model, digit, **lime_params), REPEATS)
+        t_floor = best_time(lambda: model.probabilities(perturbed, 256), REPEATS)
         rows.append((label, t_salfw, "bare forward passes (floor)", t_floor))
         overheads[label] = (t_salfw - t_floor) / t_floor
         target = int(first.targets[0])
@@ -79,23 +70,23 @@ def main():
                 explainer.explain_instance(digit[0, 0].double().numpy(), classifier, labels=(target,),
                                            top_labels=None, hide_color=None, num_samples=1000,
                                            batch_size=lime_batch, segmentation_fn=lambda img: segments)
-            rows.append((label, t_salfw, f"lime library, batch_size={lime_batch}", best(run_lime, 2)))
+            rows.append((label, t_salfw, f"lime library, batch_size={lime_batch}", best_time(run_lime, 2)))
 
     # -- RISE --------------------------------------------------------------------
-    t_rise = best(lambda: salfw.explain("rise", model, digit, num_masks=4000))
+    t_rise = best_time(lambda: salfw.explain("rise", model, digit, num_masks=4000), REPEATS)
     masks_only = torch.rand(4000, 1, 28, 28)
-    rows.append(("rise 4000 masks (salfw)", t_rise, "bare forward passes", best(
-        lambda: model.probabilities(digit * masks_only, 500))))
+    rows.append(("rise 4000 masks (salfw)", t_rise, "bare forward passes", best_time(
+        lambda: model.probabilities(digit * masks_only, 500), REPEATS)))
 
     # -- Occlusion ---------------------------------------------------------------
     from captum.attr import Occlusion
 
     batch = images
     targets = model.scores(batch).argmax(1)
-    t_occ = best(lambda: salfw.explain("occlusion", model, batch, target=targets, window=(4, 4), stride=(2, 2)))
+    t_occ = best_time(lambda: salfw.explain("occlusion", model, batch, target=targets, window=(4, 4), stride=(2, 2)), REPEATS)
     occ = Occlusion(network)
-    t_captum = best(lambda: occ.attribute(batch, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
-                                          target=targets, perturbations_per_eval=256))
+    t_captum = best_time(lambda: occ.attribute(batch, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
+                                          target=targets, perturbations_per_eval=256), REPEATS)
     rows.append(("occlusion 4x4/2, 20 digits (salfw)", t_occ, "captum Occlusion", t_captum))
 
     print(f"{'salfw':38s} {'seconds':>8s}   {'compared with':34s} {'seconds':>8s} {'ratio':>7s}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -25,18 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import salfw  # noqa: E402
 from tests.oracles import import_zennit  # noqa: E402
-
-
-def best(ours, theirs, repeats):
-    """Best times of both sides, run alternately (the machine is shared: load hits both alike)."""
-    ours(), theirs()
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, log in zip((ours, theirs), times):
-            start = time.perf_counter()
-            fn()
-            log.append(time.perf_counter() - start)
-    return min(times[0]), min(times[1])
+from timing import best_times
 
 
 def same_shaped(name):
@@ -71,7 +59,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    zennit = import_zennit()
+    import_zennit()  # zennit needs a torchvision stand-in here
     from captum.attr import DeepLift
     from zennit.attribution import Gradient
     from zennit.composites import EpsilonGammaBox, EpsilonPlus, SpecialFirstLayerMapComposite, layer_map_base
@@ -95,16 +83,16 @@ def main():
                 with Gradient(model=net, composite=composite()) as attributor:
                     attributor(x, lambda out: out * torch.eye(out.shape[1])[targets])
 
-            ours, theirs = best(
-                lambda: salfw.explain(method, model, x, target=targets, batch_size=args.batch, **params),
-                peer, args.repeats)
+            ours, theirs = best_times(
+                [lambda: salfw.explain(method, model, x, target=targets, batch_size=args.batch, **params), peer],
+                args.repeats)
             rows.append((name, f"{method} {params.get('composite', '')}".strip(), "zennit", ours, theirs))
         baseline = torch.zeros_like(x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ours, theirs = best(
-                lambda: salfw.explain("deeplift", model, x, target=targets, batch_size=args.batch),
-                lambda: DeepLift(net).attribute(x, baseline, target=targets), args.repeats)
+            ours, theirs = best_times(
+                [lambda: salfw.explain("deeplift", model, x, target=targets, batch_size=args.batch),
+                 lambda: DeepLift(net).attribute(x, baseline, target=targets)], args.repeats)
         rows.append((name, "deeplift", "captum", ours, theirs))
 
     print(f"batch {args.batch}, 1 thread, best of {args.repeats}")
