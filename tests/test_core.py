@@ -316,3 +316,12 @@ def test_explanation_heatmap_and_save(tmp_path):
     assert meta["method"] == "gradient" and meta["params"] == {"absolute": False, "batch_size": 128}
     assert set(meta["meta"]) >= {"seconds", "forward_passes", "backward_passes", "predicted", "probabilities"}
     assert np.allclose(np.load(tmp_path / "gradient.npy"), e.attributions.numpy())
+
+
+def test_registered_classes_describe_their_parameters_as_design_promises():
+    cls = salfw.methods()["gradient"]
+    assert (cls.box, cls.kind) == ("white", "additive") and "Simonyan" in cls.summary
+    assert cls.params["absolute"]["type"] == "bool" and cls.params["absolute"]["default"] is False
+    assert set(salfw.perturbations()["blur"].params) == {"sigma"}
+    instance = salfw.core.api.make_method("gradient", absolute=True)
+    assert instance.params.absolute is True  # an instance holds its validated values

@@ -11,9 +11,18 @@ import torch
 
 from .errors import ModelRequirementError
 from .models import Model, WhiteBox
-from .params import NoParams
+from .params import NoParams, describe_params
 
 NAME_PATTERN = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class DeclaredParams:
+    """``Cls.params``: the declared parameters by name (type, default, help, constraints);
+    ``instance.params``: the validated values the instance was made with (set in ``__init__``,
+    which shadows this non-data descriptor)."""
+
+    def __get__(self, instance: Any, owner: type) -> dict[str, dict[str, Any]]:
+        return {row["name"]: row for row in describe_params(owner.Params)}
 
 
 class Method:
@@ -41,6 +50,7 @@ class Method:
     test_params: ClassVar[dict[str, Any]] = {}
     test_model: ClassVar[Callable[[str], Model] | None] = None
     Params: ClassVar[type] = NoParams
+    params = DeclaredParams()
 
     def __init__(self, params: Any):
         self.params = params
@@ -71,6 +81,7 @@ class Metric:
     higher_is_better: ClassVar[bool | None] = True
     needs: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type] = NoParams
+    params = DeclaredParams()
 
     def __init__(self, params: Any):
         self.params = params
@@ -93,6 +104,7 @@ class Perturbation:
     summary: ClassVar[str] = ""
     random: ClassVar[bool] = False
     Params: ClassVar[type] = NoParams
+    params = DeclaredParams()
 
     def __init__(self, params: Any):
         self.params = params
@@ -130,6 +142,7 @@ class ModelExplainer:
     box: ClassVar[str] = "white"
     summary: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    params = DeclaredParams()
 
     def __init__(self, params: Any):
         self.params = params
