@@ -325,3 +325,15 @@ def test_registered_classes_describe_their_parameters_as_design_promises():
     assert set(salfw.perturbations()["blur"].params) == {"sigma"}
     instance = salfw.core.api.make_method("gradient", absolute=True)
     assert instance.params.absolute is True  # an instance holds its validated values
+
+
+def test_blackbox_auto_backend_takes_torch_callables_and_numpy_ones():
+    net = tiny_mlp()
+    x = torch.rand(4, 6)
+    as_torch = salfw.BlackBox(lambda batch: net(batch))
+    assert torch.allclose(as_torch.scores(x), net(x)) and as_torch.backend == "torch"
+    w = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    as_numpy = salfw.BlackBox(lambda batch: batch.astype(np.float64) @ w)  # tensors have no astype: NumPy
+    assert torch.allclose(as_numpy.scores(x), torch.from_numpy(x.numpy() @ w)) and as_numpy.backend == "numpy"
+    with pytest.raises(salfw.ModelError, match="black-box callable failed"):
+        salfw.BlackBox(lambda batch: 1 / 0).scores(x)

@@ -97,9 +97,10 @@ class Model:
 class BlackBox(Model):
     """Any callable from a batch of inputs to class scores.
 
-    ``backend``: "torch" passes a tensor, "numpy" a float32 array; "auto" picks
-    torch for an ``nn.Module`` and NumPy for anything else (scikit-learn's
-    ``predict_proba``, an ONNX session's wrapper). ``layout`` "NHWC" transposes
+    ``backend``: "torch" passes a tensor, "numpy" a float32 array; "auto" passes
+    a tensor on the first call and, if the callable raises, a NumPy array
+    (scikit-learn's ``predict_proba``, an ONNX session's wrapper), then keeps
+    whichever worked. ``layout`` "NHWC" transposes
     image batches before the call. ``output`` "logits" or "probabilities"; with
     "auto" the first call decides (non-negative rows summing to 1 are
     probabilities). Scores always come back as a float tensor (N, K).
@@ -118,7 +119,7 @@ class BlackBox(Model):
                 raise ParameterError(f"BlackBox {name} must be one of {', '.join(accepted)}; got {value!r}")
         self.fn = fn
         self.layout = layout
-        self.backend = ("torch" if isinstance(fn, nn.Module) else "numpy") if backend == "auto" else backend
+        self.backend = "torch" if isinstance(fn, nn.Module) else backend
         self.output = output
         self._device = torch.device(device) if device is not None else torch.device("cpu")
 
@@ -128,12 +129,15 @@ class BlackBox(Model):
 
     def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.permute(0, 2, 3, 1) if (self.layout == "NHWC" and x.dim() == 4) else x
-        arg = batch.detach().cpu().numpy().astype(np.float32) if self.backend == "numpy" else batch
-        try:
-            out = self.fn(arg)
-        except Exception as exc:  # the user's callable failed: say where
-            raise ModelError(f"the black-box callable failed on a batch of shape {tuple(batch.shape)}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+        if self.backend == "auto":
+            try:
+                out = self.fn(batch)
+                self.backend = "torch"
+            except Exception:  # not a torch callable: NumPy is the other accepted input
+                out = self._call(batch, "numpy")
+                self.backend = "numpy"
+        else:
+            out = self._call(batch, self.backend)
         out = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out))
         if out.dim() == 1:
             out = out[:, None]
@@ -147,6 +151,14 @@ class BlackBox(Model):
             self.output = "probabilities" if is_prob else "logits"
         self.num_classes = out.shape[1]
         return out
+
+    def _call(self, batch: torch.Tensor, backend: str):
+        arg = batch.detach().cpu().numpy().astype(np.float32) if backend == "numpy" else batch
+        try:
+            return self.fn(arg)
+        except Exception as exc:  # the user's callable failed: say where
+            raise ModelError(f"the black-box callable failed on a batch of shape {tuple(batch.shape)}: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return scores if self.output == "probabilities" else torch.softmax(scores, dim=1)
