@@ -24,7 +24,7 @@ import argparse
 import torch
 
 import salfw
-from salfw.plugins.local_linear import local_plane
+from salfw.sdk.geometry import local_plane
 from salfw.zoo.samples import load_samples
 from timing import best_times
 

@@ -19,7 +19,7 @@ import warnings
 import torch
 
 import salfw
-from salfw.understanding import make_explainer
+from salfw.sdk.understanding import make_explainer
 from salfw.zoo.mnist import HELDOUT_SLICE, TRAIN_SLICE, load_mnist
 
 

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from salfw.zoo import toolkit  # noqa: E402
 from salfw.zoo.mnist import HELDOUT_SLICE, TRAIN_SLICE, default_mnist_dir, load_mnist  # noqa: E402
-from salfw.understanding.specs import CNN_LAYERS, MLP_LAYERS  # noqa: E402  (shared with `salfw train`)
+from salfw.sdk.understanding.specs import CNN_LAYERS, MLP_LAYERS  # noqa: E402  (shared with `salfw train`)
 from salfw.zoo.samples import SAMPLES_PATH, pick_samples  # noqa: E402
 
 WEIGHTS = REPO / "salfw" / "zoo" / "weights"

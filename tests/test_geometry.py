@@ -9,7 +9,7 @@ from torch import nn
 
 import salfw
 from salfw.plugins.geosal import geosal_search
-from salfw.plugins.local_linear import local_plane
+from salfw.sdk.geometry import local_plane
 
 SETTINGS = settings(max_examples=15, deadline=None)
 

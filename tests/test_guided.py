@@ -9,7 +9,7 @@ from torch import nn
 import salfw
 from salfw.core.errors import ModelRequirementError
 from salfw.core.guard import model_fingerprint, same_fingerprint
-from salfw.plugins.guided_backprop import deconvnet_relus, guided_relus
+from salfw.sdk.backprop import deconvnet_relus, guided_relus
 
 
 def relu_mlp(seed, sizes=(5, 7, 6, 3), inplace=False):

@@ -14,7 +14,7 @@ from torch import nn
 
 import salfw
 from salfw.core.errors import ModelRequirementError, ParameterError
-from salfw.plugins._mask_utils import jitter, l1, low_res_shape, total_variation, upsample
+from salfw.sdk.masks import jitter, l1, low_res_shape, total_variation, upsample
 from salfw.plugins.extremal_perturbation import (SmoothMask, apply_pyramid, area_loss, area_reference,
                                                  perturbation_pyramid, smooth_kernel)
 from salfw.plugins.noise_mask import feature_mse, noise_beta0, noise_mask_loss

@@ -18,7 +18,7 @@ from torch import nn
 
 import salfw
 from salfw.core.errors import ParameterError
-from salfw.plugins._superpixels import Hider, limit_size, segment, superpixel_mean, weighted_ridge
+from salfw.sdk.hiding import Hider, limit_size, segment, superpixel_mean, weighted_ridge
 from salfw.plugins.kernel_shap import all_coalitions, shapley_kernel
 from salfw.plugins.lime import sample_coalitions
 from salfw.plugins.rise import rise_masks

@@ -15,10 +15,10 @@ from salfw.cli import toolkit as toolkit_cli
 from salfw.cli.toolkit import plot_command, train_command
 from salfw.core.errors import InputError, ModelRequirementError, ParameterError, UnknownNameError
 from salfw.plugins.deepred import predict_rules
-from salfw.understanding import make_explainer
-from salfw.understanding.plots import average_outputs, plot_conv_weights, plot_layer_averages, plot_layer_outputs
-from salfw.understanding.rules import conjoin, leaf_terms
-from salfw.understanding.specs import PRESETS, resolve_spec
+from salfw.sdk.understanding import make_explainer
+from salfw.sdk.understanding.plots import average_outputs, plot_conv_weights, plot_layer_averages, plot_layer_outputs
+from salfw.sdk.understanding.rules import conjoin, leaf_terms
+from salfw.sdk.understanding.specs import PRESETS, resolve_spec
 from salfw.zoo import toolkit
 
 PNG = b"\x89PNG"

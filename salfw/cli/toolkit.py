@@ -64,7 +64,7 @@ def load_toolkit_model(spec: str) -> WhiteBox:
 @click.option("--mnist-dir", default=None, type=click.Path(file_okay=False), help="MNIST IDX directory")
 def train_command(spec, epochs, seed, out, limit, batch_size, mnist_dir):
     """Build a network from SPEC, train it on MNIST and write it to OUT."""
-    from salfw.understanding.specs import resolve_spec
+    from salfw.sdk.understanding.specs import resolve_spec
     from salfw.zoo import toolkit
     from salfw.zoo.mnist import HELDOUT_SLICE, TRAIN_SLICE
 
@@ -105,7 +105,7 @@ def train_command(spec, epochs, seed, out, limit, batch_size, mnist_dir):
 @click.option("--mnist-dir", default=None, type=click.Path(file_okay=False), help="MNIST IDX directory")
 def test_command(spec, num_errors, out, limit, mnist_dir):
     """Held-out accuracy, confusion matrix and example errors of a model on MNIST 8000-9999."""
-    from salfw.understanding.plots import plot_errors
+    from salfw.sdk.understanding.plots import plot_errors
     from salfw.zoo import toolkit
     from salfw.zoo.mnist import HELDOUT_SLICE
 
@@ -139,7 +139,7 @@ def test_command(spec, num_errors, out, limit, mnist_dir):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="image file to write (.png)")
 def plot_command(spec, what, layer, sample, in_channel, out):
     """Plot a model's convolution weights, a layer's outputs or each layer's average output."""
-    from salfw.understanding import plots
+    from salfw.sdk.understanding import plots
     from salfw.zoo.samples import load_samples
 
     model = load_toolkit_model(spec)

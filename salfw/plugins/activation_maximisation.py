@@ -43,7 +43,7 @@ from salfw.core.errors import ParameterError
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.understanding.layers import find_layer, require_white_box, tapped
+from salfw.sdk.understanding.layers import find_layer, require_white_box, tapped
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,10 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._layers import (INTERPOLATIONS, captured_output, last_spatial_layer,
+from salfw.sdk.layers import (INTERPOLATIONS, captured_output, last_spatial_layer,
                                    layer_activations_and_gradients, model_label, resolve_layer, trace,
                                    upsample)
-from salfw.plugins.guided_backprop import guided_relus, relu_modules
+from salfw.sdk.backprop import guided_relus, relu_modules
 
 GRADCAM_PLUS_PLUS_EPS = 1e-6  # pytorch-grad-cam's value
 

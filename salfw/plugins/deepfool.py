@@ -33,7 +33,7 @@ perturbation after zero iterations.
 
 All samples iterate together; finished samples are masked out, and each
 iteration is one batched forward/backward pass over the active samples times
-(candidates − 1) rows (:func:`salfw.plugins.local_linear.plane_rows`). ``meta``:
+(candidates − 1) rows (:func:`salfw.sdk.geometry.plane_rows`). ``meta``:
 ``adversarial`` (the examples), ``adversarial_class``, ``iterations``,
 ``success`` (whether the label changed within ``max_iter`` iterations). A
 comparative explanation (the step towards the nearest other class's region),
@@ -49,7 +49,7 @@ import torch
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins.local_linear import plane_rows
+from salfw.sdk.geometry import plane_rows
 
 
 def deepfool(forward, x: torch.Tensor, targets: torch.Tensor, input_range: tuple[float, float], *,

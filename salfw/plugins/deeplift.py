@@ -13,7 +13,7 @@ and divided by the input difference. As in Captum the input and the reference go
 through the network as one batch ``[x; x̄]``: one forward pass saves the
 activations of both halves and one backward pass applies the modified
 derivatives, which replace the ReLU and MaxPool2d modules while the relevance
-engine's graph of the module is run (:class:`salfw.plugins.lrp.engine.Network`,
+engine's graph of the module is run (:class:`salfw.sdk.propagation.engine.Network`,
 BatchNorm kept as it is); the user's module is neither copied nor changed. A
 functional ``F.relu`` is not a module to replace and is refused.
 
@@ -35,7 +35,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import InputError, ModelRequirementError, ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins.lrp.engine import network_for
+from salfw.sdk.propagation.engine import network_for
 
 EPS = 1e-10  # Captum's threshold for |x − x̄| below which the gradient is used
 

@@ -45,9 +45,9 @@ from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.understanding.data import train_heldout
-from salfw.understanding.layers import require_white_box
-from salfw.understanding.rules import Term, conditions, conjoin, dedupe, format_term, leaf_terms, matches
+from salfw.sdk.understanding.data import train_heldout
+from salfw.sdk.understanding.layers import require_white_box
+from salfw.sdk.understanding.rules import Term, conditions, conjoin, dedupe, format_term, leaf_terms, matches
 
 _ALLOWED = (nn.Flatten, nn.Linear, nn.ReLU)
 

@@ -28,8 +28,8 @@ import torch
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins.lrp.engine import network_for
-from salfw.plugins.lrp.rules import Excitation
+from salfw.sdk.propagation.engine import network_for
+from salfw.sdk.propagation.rules import Excitation
 
 
 def _unit_start(targets):

@@ -46,7 +46,7 @@ from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
 
-from ._mask_utils import gaussian_blur, scaled
+from salfw.sdk.masks import gaussian_blur, scaled
 
 COLDNESS = 20.0
 

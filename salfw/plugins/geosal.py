@@ -2,7 +2,7 @@
 "New method - Geometric Saliency").
 
 A ReLU network is affine inside each activation region (see
-:mod:`salfw.plugins.local_linear`). To explain why it chose class ``P`` over a
+:mod:`salfw.sdk.geometry`). To explain why it chose class ``P`` over a
 class ``Q``, GeoSal walks from the image to the closest point where ``Q`` wins,
 one region at a time. For each comparison class ``Q ≠ P``, taken in order of
 output probability while ``p_Q`` is at least ``threshold`` (the most probable
@@ -63,7 +63,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import TargetError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins.local_linear import check_piecewise_linear, plane_rows
+from salfw.sdk.geometry import check_piecewise_linear, plane_rows
 
 #: Successive iterations on one plane before the geometric-series jump (the thesis: 3).
 SAME_PLANE_ITERATIONS = 3

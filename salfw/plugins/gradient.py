@@ -24,23 +24,8 @@ import torch
 
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.models import WhiteBox
 from salfw.core.params import param
-
-
-def target_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``∂ y_target / ∂ x`` for each sample, in chunks of ``batch_size``; the logits' sum over the
-    batch is differentiated once per chunk (samples are independent)."""
-    grads = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = model.forward(chunk)
-            selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
-            (grad,) = torch.autograd.grad(selected, chunk)
-        model.count_backward(chunk.shape[0])
-        grads.append(grad)
-    return torch.cat(grads)
+from salfw.sdk.backprop import target_gradient
 
 
 class Gradient(Method):

@@ -47,7 +47,7 @@
   ``Σ_i EG_i − (f_c(x) − mean_j f_c(x'_j))``, zero in expectation (completeness
   holds in expectation only). Local explanation.
 
-All steps × samples run through :func:`~salfw.plugins.gradient.target_gradient`
+All steps × samples run through :func:`~salfw.sdk.backprop.target_gradient`
 as chunks of ``batch_size`` path points, so memory is bounded by it.
 """
 
@@ -64,7 +64,7 @@ from salfw.core.contracts import Method, Perturbation
 from salfw.core.errors import ParameterError, SalfwError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins.gradient import target_gradient
+from salfw.sdk.backprop import target_gradient
 
 RULES = ("gauss-legendre", "riemann-left", "riemann-right", "riemann-middle", "riemann-trapezoid")
 

@@ -36,7 +36,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._superpixels import (Hider, SegmentationParams, evaluate_coalitions, resolve_perturbation,
+from salfw.sdk.hiding import (Hider, SegmentationParams, evaluate_coalitions, resolve_perturbation,
                                         segment_with)
 
 

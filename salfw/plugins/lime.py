@@ -52,7 +52,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._superpixels import (SUPERPIXEL_MEAN, Hider, SegmentationParams, resolve_perturbation,
+from salfw.sdk.hiding import (SUPERPIXEL_MEAN, Hider, SegmentationParams, resolve_perturbation,
                                         segment_with, target_values, weighted_ridge)
 
 

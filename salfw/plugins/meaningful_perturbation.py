@@ -43,7 +43,7 @@ from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
 
-from ._mask_utils import gaussian_blur, jitter, l1, low_res_shape, scaled, total_variation, upsample
+from salfw.sdk.masks import gaussian_blur, jitter, l1, low_res_shape, scaled, total_variation, upsample
 
 PAPER_MASK_PIXELS = 28 * 28
 

@@ -29,7 +29,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._superpixels import SUPERPIXEL_MEAN, resolve_perturbation, target_values, window_masks
+from salfw.sdk.hiding import SUPERPIXEL_MEAN, resolve_perturbation, target_values, window_masks
 
 
 class Occlusion(Method):

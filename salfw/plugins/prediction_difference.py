@@ -37,7 +37,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._superpixels import target_values, window_masks
+from salfw.sdk.hiding import target_values, window_masks
 
 
 def laplace(p: torch.Tensor, n: int, k: int) -> torch.Tensor:

@@ -57,7 +57,7 @@ from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
 
-from ._mask_utils import upsample
+from salfw.sdk.masks import upsample
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MASKER = WEIGHTS / "mnist-cnn-masker.safetensors"

@@ -33,7 +33,7 @@ from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
 from salfw.core.errors import ParameterError
-from salfw.plugins._superpixels import resolve_perturbation, target_values
+from salfw.sdk.hiding import resolve_perturbation, target_values
 
 
 def rise_masks(count: int, size: tuple[int, int], grid: int, keep: float, generator: torch.Generator,

@@ -33,7 +33,7 @@ from salfw.core.contracts import ModelExplainer
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.understanding.data import train_heldout
+from salfw.sdk.understanding.data import train_heldout
 
 
 class SurrogateTree(ModelExplainer):

@@ -51,7 +51,7 @@ from salfw.core.errors import InputError, ParameterError
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.understanding.layers import activations, find_layer, require_white_box, tapped
+from salfw.sdk.understanding.layers import activations, find_layer, require_white_box, tapped
 
 
 def _tensor(value, what: str, model) -> torch.Tensor:

@@ -53,7 +53,7 @@ from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
-from salfw.plugins._layers import is_spatial, model_label, trace
+from salfw.sdk.layers import is_spatial, model_label, trace
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 _SIZE_PRESERVING = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)

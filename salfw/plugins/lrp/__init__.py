@@ -9,9 +9,9 @@ plugin extends with :func:`register_rule` and :func:`register_composite`.
 
 from salfw.core.hookspecs import hookimpl
 
-from .composites import COMPOSITES, register_composite
+from salfw.sdk.propagation.composites import COMPOSITES, register_composite
 from .methods import LRP, DeepTaylor
-from .rules import RULES, Rule, Settings, register_rule
+from salfw.sdk.propagation.rules import RULES, Rule, Settings, register_rule
 
 __all__ = ["COMPOSITES", "RULES", "LRP", "DeepTaylor", "Rule", "Settings", "register_composite", "register_rule"]
 

@@ -9,9 +9,9 @@ import torch
 from salfw.core.contracts import Method
 from salfw.core.params import param
 
-from .composites import resolve
-from .engine import Network, layer_sums, network_for, one_hot_start
-from .rules import Rule, Settings, make_rule
+from salfw.sdk.propagation.composites import resolve
+from salfw.sdk.propagation.engine import Network, layer_sums, network_for, one_hot_start
+from salfw.sdk.propagation.rules import Rule, Settings, make_rule
 
 
 def propagate_batches(model, net: Network, x: torch.Tensor, targets: torch.Tensor,
@@ -42,7 +42,7 @@ class LRP(Method):
     classifier decisions by layer-wise relevance propagation").
 
     The target's logit is the relevance at the output; each Linear/Conv2d layer
-    redistributes it to its inputs by its rule (see :mod:`salfw.plugins.lrp.rules`),
+    redistributes it to its inputs by its rule (see :mod:`salfw.sdk.propagation.rules`),
     chosen by a composite (Zennit's definitions; default ``epsilon-plus``: z-plus
     for convolutions, epsilon for dense layers) and optionally overridden per layer
     with ``rules="features.0=z-box;classifier.*=epsilon"``. The z-box bounds are the

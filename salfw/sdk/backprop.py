@@ -1,0 +1,130 @@
+"""Backpropagation building blocks for gradient-family methods.
+
+* :func:`target_gradient`: ``∂ y_target / ∂ x`` per sample, batched (Simonyan et
+  al. 2014); the family's one backward helper (gradient, SmoothGrad,
+  integrated and expected gradients, guided backprop).
+* Rectifier overrides: :func:`guided_relus` (Springenberg et al. 2015, guided
+  backpropagation: ReLU backward ``relu(g) * [x > 0]``) and
+  :func:`deconvnet_relus` (Zeiler & Fergus 2014: ReLU backward ``relu(g)``),
+  context managers that change every ``nn.ReLU`` of a :class:`WhiteBox` while
+  active and restore it on exit. :data:`RECTIFIER_RULES` names them.
+* Layer capture lives in :mod:`salfw.sdk.layers`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from salfw.core.errors import ModelRequirementError
+from salfw.core.models import WhiteBox
+from salfw.sdk.layers import model_label
+
+
+def target_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``∂ y_target / ∂ x`` for each sample, in chunks of ``batch_size``; the logits' sum over the
+    batch is differentiated once per chunk (samples are independent)."""
+    grads = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size].detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = model.forward(chunk)
+            selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
+            (grad,) = torch.autograd.grad(selected, chunk)
+        model.count_backward(chunk.shape[0])
+        grads.append(grad)
+    return torch.cat(grads)
+
+
+
+class _DeconvReLU(torch.autograd.Function):
+    """relu forward; backward ``relu(g)`` (Zeiler & Fergus 2014)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(min=0)
+
+
+def relu_modules(model: WhiteBox) -> list[nn.Module]:
+    """The ``nn.ReLU`` modules of the user's network, or a ModelRequirementError naming it."""
+    relus = [m for m in model.module.modules() if isinstance(m, nn.ReLU)]
+    if not relus:
+        raise ModelRequirementError(
+            f"{model_label(model)} has no nn.ReLU module; guided backprop and deconvnet override the "
+            f"backward of nn.ReLU modules (a ReLU called as F.relu/torch.relu in forward() cannot be hooked: "
+            f"define it as an nn.ReLU module)")
+    return relus
+
+
+class Switch:
+    """Turns the guided rule on and off between backward passes over one forward graph."""
+
+    on = True
+
+
+@contextlib.contextmanager
+def guided_relus(model: WhiteBox):
+    """While active, every ``nn.ReLU`` of ``model`` backpropagates ``relu(g) * [x > 0]`` (guided backprop).
+
+    A forward hook puts a tensor hook ``g -> relu(g)`` on each ReLU output; the
+    ReLU's own backward then applies the forward mask ``[x > 0]``. The rule
+    applies while the yielded :class:`Switch` is on (Guided Grad-CAM turns it
+    off for its Grad-CAM backward over the same forward pass).
+    """
+    switch = Switch()
+
+    def rectify(grad):
+        return grad.clamp(min=0) if switch.on else None
+
+    def hook(module, args, output):
+        if output.requires_grad:
+            output.register_hook(rectify)
+
+    handles = []
+    try:
+        for relu in relu_modules(model):
+            handles.append(relu.register_forward_hook(hook))
+        yield switch
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def deconvnet_relus(model: WhiteBox):
+    """While active, every ``nn.ReLU`` of ``model`` backpropagates ``relu(g)`` (deconvnet).
+
+    A forward pre-hook keeps the ReLU's input ``x`` (passing a clone on to an
+    in-place ReLU, which would overwrite it), and a forward hook replaces the
+    module's output by ``_DeconvReLU.apply(x)``, so the ReLU's own backward
+    (and its forward mask) is bypassed.
+    """
+    inputs: dict[nn.Module, torch.Tensor] = {}
+
+    def pre_hook(module, args):
+        inputs[module] = args[0]
+        return (args[0].clone(),) + tuple(args[1:]) if module.inplace else None
+
+    def hook(module, args, output):
+        return _DeconvReLU.apply(inputs.pop(module))
+
+    handles = []
+    try:
+        for relu in relu_modules(model):
+            handles.append(relu.register_forward_pre_hook(pre_hook))
+            handles.append(relu.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+RECTIFIER_RULES = {"guided": guided_relus, "deconvnet": deconvnet_relus}
+
+
