@@ -8,12 +8,14 @@ even on error), checks the output and records time and passes in ``meta``.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .context import Context
 from .contracts import Method, Metric, ModelExplainer, Perturbation
 from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
 from .explanation import Explanation
@@ -134,11 +136,12 @@ def as_targets(target: Any, n: int, num_classes: int, predicted: torch.Tensor) -
 
 # -- explain ----------------------------------------------------------------------
 def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed: int = 0,
-            **params: Any) -> Explanation:
+            progress: bool | None = None, **params: Any) -> Explanation:
     """Explain ``model``'s decision on the batch ``x`` with a registered method.
 
     ``target``: None explains the predicted classes; an int or one int per sample
-    explains those. ``seed`` fixes every random choice. ``params`` are the
+    explains those. ``seed`` fixes every random choice. ``progress``: show a
+    progress bar on stderr (None: when stderr is a terminal). ``params`` are the
     method's declared parameters (``salfw info METHOD`` lists them).
     """
     if isinstance(method, str):
@@ -171,17 +174,29 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
                           "probabilities": model.to_probabilities(scores).detach().cpu().tolist()}
         predicted = torch.tensor(prediction.get("predicted", [0] * batch.shape[0]), device=batch.device)
         targets = as_targets(target, batch.shape[0], model.num_classes, predicted)
-        model.reset_counters()
+        ctx = Context(int(seed), batch_size=getattr(instance.params, "batch_size", None),
+                      progress=_progress_wanted(progress), description=instance.name)
         start = time.perf_counter()
-        result = instance.attribute(model, batch, targets, int(seed))
+        with ctx.activated():
+            result = instance.attribute(model, batch, targets, ctx)
         seconds = time.perf_counter() - start
     attributions, extra = result if isinstance(result, tuple) else (result, {})
     _check_output(instance.name, attributions, batch)
-    meta = {"seconds": seconds, "forward_passes": model.forward_passes,
-            "backward_passes": model.backward_passes, "seed": int(seed), **prediction, **extra}
+    meta = {"seconds": seconds, "forward_passes": ctx.forward_passes,
+            "backward_passes": ctx.backward_passes, "seed": int(seed), **prediction, **extra}
     return Explanation(attributions=attributions.detach(), targets=targets, method=instance.name,
                        kind=instance.kind, params=params_to_json(instance.params), meta=meta,
                        inputs=batch, input_range=model.input_range)
+
+
+def _progress_wanted(progress: bool | None) -> bool:
+    """``progress=None`` means: show progress when stderr is a terminal."""
+    if progress is None:
+        return sys.stderr.isatty()
+    if not isinstance(progress, (bool, np.bool_)):
+        raise ParameterError(f"progress must be True, False or None (on when stderr is a terminal), "
+                             f"got {progress!r}")
+    return bool(progress)
 
 
 def _check_output(name: str, a: Any, x: torch.Tensor) -> None:
@@ -201,17 +216,20 @@ def make_metric(name: str, **params: Any) -> Metric:
 
 
 def evaluate(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
-             target: Any = None, seed: int = 0, mask: Any = None, **params: Any) -> torch.Tensor:
+             target: Any = None, seed: int = 0, mask: Any = None, progress: bool | None = None,
+             **params: Any) -> torch.Tensor:
     """Score an explanation of ``x`` with a registered metric: one value per sample (N,).
 
     ``mask``: ground-truth regions, one per input, for metrics that need one (``pointing-game``).
+    ``progress``: as for :func:`explain`.
     """
-    scores, _extra = evaluate_full(metric, model, x, explanation, target, seed, mask, **params)
+    scores, _extra = evaluate_full(metric, model, x, explanation, target, seed, mask, progress, **params)
     return scores
 
 
 def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,
-                  target: Any = None, seed: int = 0, mask: Any = None, **params: Any) -> tuple[torch.Tensor, dict]:
+                  target: Any = None, seed: int = 0, mask: Any = None, progress: bool | None = None,
+                  **params: Any) -> tuple[torch.Tensor, dict]:
     """Like :func:`evaluate`, also returning the metric's extras (curves, baselines)."""
     instance = make_metric(metric, **params)
     if not isinstance(model, Model):
@@ -242,6 +260,9 @@ def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | 
         else:
             predicted = torch.zeros(batch.shape[0], dtype=torch.long, device=batch.device)
         targets = as_targets(target, batch.shape[0], model.num_classes, predicted)
-        result = instance.score(model, batch, attributions, targets, int(seed), **context)
+        ctx = Context(int(seed), batch_size=getattr(instance.params, "batch_size", None),
+                      progress=_progress_wanted(progress), description=instance.name)
+        with ctx.activated():
+            result = instance.score(model, batch, attributions, targets, ctx, **context)
     values, extra = result if isinstance(result, tuple) else (result, {})
     return values, extra

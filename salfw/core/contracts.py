@@ -9,6 +9,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from .context import Context
 from .errors import ModelRequirementError
 from .models import Model, WhiteBox
 from .params import NoParams, describe_params
@@ -62,9 +63,14 @@ class Method:
                 f"'{self.name}' is a white-box method and needs a salfw.WhiteBox (a torch.nn.Module); "
                 f"got a {type(model).__name__}. Black-box methods run on any model.")
 
-    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, seed: int
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-        """Return attributions shaped like ``x`` (or (N, 1, H, W)), optionally with extra ``meta``."""
+        """Return attributions shaped like ``x`` (or (N, 1, H, W)), optionally with extra ``meta``.
+
+        ``ctx`` (:class:`~salfw.core.context.Context`) carries the seed and its CPU
+        generator, the batch iterator, the progress reporter and the pass counters.
+        Keep no state on ``self`` between :meth:`check_model` and here: one instance
+        may explain in two threads at once."""
         raise NotImplementedError
 
 
@@ -87,8 +93,9 @@ class Metric:
         self.params = params
 
     def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
-              seed: int, **context: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
-        """Return one score per sample (N,), optionally with extras such as curves."""
+              ctx: Context, **context: Any) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        """Return one score per sample (N,), optionally with extras such as curves; ``ctx`` as for
+        :meth:`Method.attribute`, ``context`` the explanation and the ground-truth mask when given."""
         raise NotImplementedError
 
 

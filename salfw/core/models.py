@@ -9,8 +9,9 @@
 
 Both carry ``input_range``: the domain of the raw input the user sees, which
 perturbations ("black" is ``lo``) and range checks use. Both count the samples
-they evaluate (``forward_passes``) and methods report backward passes through
-:meth:`Model.count_backward`, so every explanation can say what it cost.
+they evaluate, and :meth:`WhiteBox.forward` every backward pass through its
+logits, into the active :class:`~salfw.core.context.Context`, so every
+explanation can say what it cost.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .context import count, count_backward_through
 from .errors import InputError, ModelError, ParameterError
 from .preprocessing import Preprocessing
 
@@ -36,7 +38,7 @@ def _check_range(input_range) -> tuple[float, float]:
 
 
 class Model:
-    """What every adapter shares: the input domain, chunked scoring and pass counters."""
+    """What every adapter shares: the input domain and chunked scoring."""
 
     box = "black"
 
@@ -48,8 +50,6 @@ class Model:
             raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.num_classes: int | None = None
-        self.forward_passes = 0
-        self.backward_passes = 0
 
     # -- subclasses implement -------------------------------------------------
     def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +70,7 @@ class Model:
         size = int(batch_size or self.batch_size)
         chunks = [self._scores_chunk(x[i:i + size]) for i in range(0, x.shape[0], size)]
         out = torch.cat(chunks) if chunks else torch.empty(0, self.num_classes or 0)
-        self.forward_passes += x.shape[0]
+        count(forward=x.shape[0])
         return out
 
     def probabilities(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -80,13 +80,6 @@ class Model:
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         """Probabilities from this model's raw scores (softmax of logits)."""
         return torch.softmax(scores, dim=1)
-
-    def count_backward(self, samples: int) -> None:
-        self.backward_passes += int(samples)
-
-    def reset_counters(self) -> None:
-        self.forward_passes = 0
-        self.backward_passes = 0
 
     def describe(self) -> dict:
         return {"box": self.box, "input_range": list(self.input_range),
@@ -200,12 +193,14 @@ class WhiteBox(Model):
         return self._dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable logits of the pixel-space batch ``x``; counts the samples."""
-        self.forward_passes += x.shape[0]
+        """Differentiable logits of the pixel-space batch ``x``; counts the samples, and each
+        backward pass through the logits, into the active context."""
+        count(forward=x.shape[0])
         out = self.module(self.preprocessing(x))
         if out.dim() == 1:
             out = out[:, None]
         self.num_classes = out.shape[1]
+        count_backward_through(out)
         return out
 
     def network(self) -> nn.Module:

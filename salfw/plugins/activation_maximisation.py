@@ -156,7 +156,6 @@ class ActivationMaximisation(ModelExplainer):
                 loss = (penalty - value).sum()
                 optimiser.zero_grad()
                 loss.backward()
-                model.count_backward(len(units))
                 optimiser.step()
                 with torch.no_grad():
                     if p.blur_every and p.blur_sigma > 0 and (step + 1) % p.blur_every == 0:

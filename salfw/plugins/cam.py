@@ -161,7 +161,8 @@ class _CamMethod(Method):
                                    choices=INTERPOLATIONS)
         batch_size: int = param(128, "samples per forward/backward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         maps, name = self.maps(model, x, targets)
         up = upsample(maps, x.shape[2:], self.params.interpolation)
         return up, {"layer": name, "layer_map": maps.detach()}
@@ -221,7 +222,8 @@ class GuidedGradCam(Method):
         super().check_model(model)
         relu_modules(model)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         """One forward pass per chunk, two backward passes over it: the ordinary gradient at the layer
         (Grad-CAM), then the guided gradient at the input."""
         p = self.params
@@ -242,7 +244,6 @@ class GuidedGradCam(Method):
                 (grads,) = torch.autograd.grad(selected, acts, retain_graph=True)
                 switch.on = True
                 (guided_chunk,) = torch.autograd.grad(selected, chunk)
-            model.count_backward(2 * chunk.shape[0])
             alpha = grads.mean(dim=(2, 3), keepdim=True)
             maps.append((alpha * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0))
             guided.append(guided_chunk)

@@ -135,12 +135,12 @@ class DeepFool(Method):
                                        "(False: the paper's step, clipped afterwards, as Foolbox)")
         batch_size: int = param(256, "samples × candidate rows per forward/backward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         result = deepfool(model.forward, x, targets, model.input_range, overshoot=p.overshoot,
                           max_iter=p.max_iter, candidates=p.candidates, clip_aware=p.clip_aware,
                           batch_size=p.batch_size)
-        model.count_backward(result["backward_rows"])
         meta = {key: result[key] for key in ("adversarial", "adversarial_class", "iterations", "success")}
         return result["perturbation"], meta
 

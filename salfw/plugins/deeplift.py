@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from salfw.core.api import make_perturbation
+from salfw.core.context import count
 from salfw.core.contracts import Method
 from salfw.core.errors import InputError, ModelRequirementError, ParameterError
 from salfw.core.hookspecs import hookimpl
@@ -142,7 +143,8 @@ class DeepLift(Method):
                     f"'deeplift' replaces the derivative of nn.ReLU modules; the functional relu in node "
                     f"'{node.name}' of {type(model.module).__name__}.forward cannot be replaced (use nn.ReLU)")
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         baseline = baseline_for(self.params.baseline, x, model.input_range, seed)
         net = network_for(self, model, fold=False)
         size = self.params.batch_size
@@ -157,8 +159,7 @@ class DeepLift(Method):
                 logits = logits.reshape(2 * n, -1)
                 selected = logits.gather(1, torch.cat([ts, ts]).view(-1, 1)).sum()
                 (grad,) = torch.autograd.grad(selected, both)
-            model.forward_passes += 2 * n
-            model.count_backward(2 * n)
+            count(forward=2 * n, backward=2 * n)
             out.append((xs - bs) * grad[:n])
         return torch.cat(out), {"baseline": baseline}
 

@@ -25,6 +25,7 @@ import dataclasses
 
 import torch
 
+from salfw.core.context import count
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.params import param
@@ -63,12 +64,12 @@ class ExcitationBackprop(Method):
             chunk = x[i:i + p.batch_size]
             relevance, _logits, _layers = net.propagate(model.preprocessing(chunk),
                                                         _unit_start(targets[i:i + p.batch_size]), rules, p.stabilizer)
-            model.forward_passes += chunk.shape[0]
-            model.count_backward(chunk.shape[0])
+            count(forward=chunk.shape[0], backward=chunk.shape[0])
             out.append(relevance.reshape(chunk.shape))
         return torch.cat(out)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         net = network_for(self, model)
         rules = {layer.path: Excitation(self.params.stabilizer) for layer in net.layers}
         target_map = self._map(model, net, x, targets, rules)

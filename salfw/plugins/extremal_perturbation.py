@@ -160,7 +160,8 @@ class ExtremalPerturbation(Method):
         jitter: bool = param(True, "flip the perturbed image horizontally at every other iteration")
         batch_size: int = param(32, "samples optimised together (each with all its areas)", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         size = tuple(x.shape[-2:])
         step = max(1, round(scaled(7.0, min(size)))) if p.step is None else p.step
@@ -218,7 +219,6 @@ class ExtremalPerturbation(Method):
                 loss = -(reward - weight * reg).sum()
                 optimiser.zero_grad()
                 loss.backward()
-            model.count_backward(inputs_count(n * a, p.variant))
             optimiser.step()
             with torch.no_grad():
                 pmask.clamp_(0, 1)

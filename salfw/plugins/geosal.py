@@ -175,7 +175,8 @@ class GeoSal(Method):
         super().check_model(model)
         check_piecewise_linear(model.module, self.name, eval_mode=False)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         prm = self.params
         n = x.shape[0]
         with torch.no_grad():
@@ -199,7 +200,6 @@ class GeoSal(Method):
         cls = classes[sample, slot]
         result = geosal_search(model.forward, x[sample], targets[sample], cls, k, model.input_range,
                                overshoot=prm.overshoot, max_iter=prm.max_iter, batch_size=prm.batch_size)
-        model.count_backward(result["backward_rows"])
         difference = x[sample] - result["adversarial"]
         weights = probs[sample, cls].view(-1, *([1] * (x.dim() - 1)))
         contribution = weights * (difference if prm.signed else difference.abs())

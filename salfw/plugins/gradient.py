@@ -40,7 +40,8 @@ class Gradient(Method):
         absolute: bool = param(False, "return |gradient| as in the paper's saliency maps")
         batch_size: int = param(128, "samples per forward/backward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         grad = target_gradient(model, x, targets, self.params.batch_size)
         return grad.abs() if self.params.absolute else grad
 
@@ -56,7 +57,8 @@ class InputXGradient(Method):
     class Params:
         batch_size: int = param(128, "samples per forward/backward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         return x * target_gradient(model, x, targets, self.params.batch_size)
 
 

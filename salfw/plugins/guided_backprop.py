@@ -54,7 +54,8 @@ class _ModifiedReluMethod(Method):
         super().check_model(model)
         relu_modules(model)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         with RECTIFIER_RULES[self.rule](model):
             return target_gradient(model, x, targets, self.params.batch_size)
 

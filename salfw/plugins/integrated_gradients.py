@@ -184,7 +184,8 @@ class IntegratedGradients(Method):
         if params.baseline is None:
             raise ParameterError("baseline may not be None; give a perturbation name such as 'black' or a tensor")
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         generator = torch.Generator().manual_seed(seed)
         baseline = make_baseline(self.params.baseline, model, x, generator)
         nodes, weights = quadrature(self.params.rule, self.params.steps)
@@ -243,7 +244,8 @@ class ExpectedGradients(Method):
         index = torch.randint(0, refs.shape[0], (count,), generator=generator)
         return refs[index.to(refs.device)]
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         generator = torch.Generator().manual_seed(seed)
         refs = self._references(model, x, generator)
         alphas = torch.rand(self.params.samples, generator=generator, dtype=torch.float64)

@@ -111,7 +111,8 @@ class KernelShap(Method):
                                  f"{tuple(x.shape[1:])}, got {tuple(b.shape)}")
         return b.to(device=x.device, dtype=x.dtype)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         baseline = self._baseline(x)
         fill = baseline if baseline is not None else resolve_perturbation(p.perturbation, p.perturbation_params)

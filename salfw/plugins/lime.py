@@ -125,7 +125,8 @@ class Lime(Method):
         top = torch.argsort(probs, descending=True)[: self.params.top_labels].to(target.device)
         return torch.cat([target, top[top != target[0]]])
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         if self.params.kernel_width == 0:
             raise ParameterError("lime's kernel_width must be > 0 (it divides the distances)")
         if x.dim() == 4:

@@ -53,7 +53,8 @@ class LocalLinear(Method):
         super().check_model(model)
         check_piecewise_linear(model.module, self.name, eval_mode=False)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         w, b = local_plane(model, x, outputs=targets, batch_size=self.params.batch_size)
         return w, {"bias": b}
 

@@ -83,7 +83,8 @@ class MeaningfulPerturbation(Method):
         iterations: int = param(300, "optimisation steps (paper: 300)", low=1)
         batch_size: int = param(64, "samples optimised together", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         size = x.shape[-2:]
         lo, hi = model.input_range
@@ -140,7 +141,6 @@ class MeaningfulPerturbation(Method):
                 loss = (p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective).sum()
                 optimiser.zero_grad()
                 loss.backward()
-            model.count_backward(x.shape[0])
             optimiser.step()
             with torch.no_grad():
                 low.clamp_(0, 1)

@@ -107,7 +107,8 @@ class NoiseMask(Method):
         window: int = param(20, "iterations over which convergence is judged", low=1)
         batch_size: int = param(64, "samples optimised together", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         features = Features(model, p.layer)
         results = [self._optimise(model, features, x[s:s + p.batch_size], seed)
@@ -144,7 +145,6 @@ class NoiseMask(Method):
                 loss, _, _ = noise_mask_loss(mask, clean, features(covered), beta)
                 optimiser.zero_grad()
                 loss.sum().backward()
-            model.count_backward(n)
             before = v.detach().clone()
             optimiser.step()
             with torch.no_grad():

@@ -54,7 +54,8 @@ class Occlusion(Method):
                             choices=("scores", "probabilities"))
         batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         if p.perturbation == SUPERPIXEL_MEAN:
             raise ParameterError("occlusion takes a registered perturbation; 'superpixel-mean' needs "

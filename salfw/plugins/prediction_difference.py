@@ -80,7 +80,8 @@ class PredictionDifference(Method):
             raise ParameterError(f"reference data must lie in the input range {input_range}")
         return ref.to(device=x.device, dtype=x.dtype)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         reference = self._reference(x, model.input_range)
         lo, hi = model.input_range

@@ -232,7 +232,8 @@ class RealTimeSaliency(Method):
                 f"(its weights' fingerprint differs); train one for this model with 'salfw train-masker'")
         self._masker, self._settings = masker, settings
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         masker = self._masker.to(device=x.device, dtype=x.dtype)
         p = self.params
         with torch.no_grad():

@@ -76,7 +76,8 @@ class Rise(Method):
                             choices=("probabilities", "scores"))
         batch_size: int = param(500, "masks per generated chunk and per forward pass", low=1)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         if p.keep_probability <= 0:
             raise ParameterError("rise needs keep_probability > 0 (the saliency divides by N p)")

@@ -117,7 +117,8 @@ class SmoothGrad(Method):
     def check_model(self, model):
         self.inner.check_model(model)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         lo, hi = model.input_range
         generator = torch.Generator().manual_seed(seed)
@@ -133,7 +134,7 @@ class SmoothGrad(Method):
                 noisy = (xi[None] + eps[:, None]).reshape(-1, *x.shape[1:])
                 if p.clip:
                     noisy = noisy.clamp(lo, hi)
-                result = self.inner.attribute(model, noisy, ti.repeat(eps.shape[0]), seed)
+                result = self.inner.attribute(model, noisy, ti.repeat(eps.shape[0]), ctx)
                 attr = (result[0] if isinstance(result, tuple) else result).detach()
                 attr = attr.view(eps.shape[0], xi.shape[0], *attr.shape[1:])
                 if first is None:

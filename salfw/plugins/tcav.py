@@ -116,7 +116,6 @@ class TCAV(ModelExplainer):
                 raise ParameterError(f"target {self.params.target} out of range: the model has "
                                      f"{logits.shape[1]} classes")
             (grad,) = torch.autograd.grad(logits[:, self.params.target].sum(), tap["out"])
-            model.count_backward(len(chunk))
             grads.append(grad.flatten(1))
         return torch.cat(grads).double().cpu().numpy()
 

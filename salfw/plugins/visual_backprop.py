@@ -175,7 +175,8 @@ class VisualBackProp(Method):
                           f"biases in {', '.join(biased[:6])}{', ...' if len(biased) > 6 else ''}: "
                           f"the map may show the biases' pattern rather than the input's", stacklevel=2)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         maps, layers = [], []
         for start in range(0, x.shape[0], self.params.batch_size):
             chunk_maps, layers = visual_backprop(model, x[start:start + self.params.batch_size])

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from salfw.core.context import count
 from salfw.core.errors import ModelRequirementError, ParameterError, TargetError
 from salfw.core.models import WhiteBox
 from salfw.core.preprocessing import Preprocessing
@@ -127,6 +128,8 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
                     grad = grad.unsqueeze(0)
                 else:
                     (grad,) = torch.autograd.grad(out, leaf, vectors, is_grads_batched=True)
+                    # the logits' hook sees one vmapped backward pass; the other rows are counted here
+                    count(backward=m * (rows - 1))
         finally:
             for h in handles:
                 h.remove()
@@ -214,8 +217,6 @@ def local_plane(model: WhiteBox | nn.Module, x: torch.Tensor, outputs=None,
             k = shapes["k"]
     selection, how = _selection(outputs, x.shape[0], k, x.device)
     w, values, z, _ = plane_rows(forward, x, selection.to(x.dtype), batch_size, start, end)
-    if isinstance(model, WhiteBox):
-        model.count_backward(x.shape[0] * selection.shape[1])
     b = plane_bias(w, values, z)
     return (w[:, 0], b[:, 0]) if how == "one" else (w, b)
 

@@ -146,7 +146,6 @@ def layer_activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: t
             (act,) = store
             selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
             (grad,) = torch.autograd.grad(selected, act)
-        model.count_backward(chunk.shape[0])
         acts.append(act.detach())
         grads.append(grad)
     return torch.cat(acts), torch.cat(grads)

@@ -26,11 +26,10 @@ class RandomMap(Method):
     class Params:
         per_channel: bool = param(False, "one value per channel instead of one per pixel")
 
-    def attribute(self, model, x, targets, seed):
-        generator = torch.Generator().manual_seed(seed)
+    def attribute(self, model, x, targets, ctx):
         shape = x.shape[1:] if (self.params.per_channel or x.dim() == 2) else (1, *x.shape[2:])
         # drawn once per sample shape, so a batch equals its samples one by one
-        noise = torch.rand(shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = torch.rand(shape, generator=ctx.generator, dtype=x.dtype).to(x.device)
         return noise.expand(x.shape[0], *shape).clone()
 
 

@@ -57,7 +57,8 @@ class Completeness(Metric):
         output: str = param("logit", "the target output that should be conserved", choices=OUTPUTS)
         batch_size: int = param(256, "inputs per forward pass", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         p = self.params
         reference = make_perturbation(p.baseline).fill(x, model.input_range, generator(seed, x.device)).expand_as(x)
         both = torch.cat([x, reference])
@@ -80,7 +81,8 @@ class SensitivityN(Metric):
         output: str = param("logit", "the target output", choices=OUTPUTS)
         batch_size: int = param(256, "inputs per forward pass", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         p = self.params
         n, s = x.shape[0], p.subsets
         sums = _feature_sums(attributions)
@@ -113,7 +115,8 @@ class Infidelity(Metric):
         output: str = param("logit", "the target output", choices=OUTPUTS)
         batch_size: int = param(256, "inputs per forward pass", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         p = self.params
         n, s = x.shape[0], p.samples
         lo, hi = model.input_range
@@ -147,7 +150,8 @@ class MaxSensitivity(Metric):
                                     "(Captum's default 0.02)", low=0.0)
         samples: int = param(10, "perturbations per sample (Captum's default 10)", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         explanation = require_explanation(self.name, context)
         p = self.params
         n, s = x.shape[0], p.samples

@@ -153,7 +153,8 @@ class MoRF(_Flipping):
     higher_is_better = True
     Params = FlipParams
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         curve = self._curve(model, x, attributions, targets, seed, self.order)
         extras = {"fractions": self._fractions(x), "curve": curve}
         if self.params.baseline:
@@ -182,7 +183,8 @@ class ABPC(_Flipping):
         output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
         batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         morf = self._curve(model, x, attributions, targets, seed, "morf")
         lerf = self._curve(model, x, attributions, targets, seed, "lerf")
         return (lerf - morf).mean(dim=1), {"fractions": self._fractions(x), "morf_curve": morf,
@@ -202,7 +204,8 @@ class Deletion(_Flipping):
         output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
         batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         curve = self._curve(model, x, attributions, targets, seed, "morf", self.insertion)
         return torch.trapezoid(curve, dx=1.0 / self.params.steps, dim=1), {
             "fractions": self._fractions(x), "curve": curve}

@@ -91,7 +91,8 @@ class PNGSize(Metric):
     class Params:
         normalise: str = param("abs-max", "scaling of the map to [0, 255]", choices=NORMALISATIONS)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         require_images(self.name, x)
         maps = normalise_map(heatmap(attributions), self.params.normalise)
         return png_sizes(maps).to(device=x.device, dtype=x.dtype)
@@ -106,7 +107,8 @@ class SSIM(Metric):
     class Params:
         normalise: str = param("abs-max", "scaling of the map to [0, 1]", choices=NORMALISATIONS)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         require_images(self.name, x)
         maps = normalise_map(heatmap(attributions), self.params.normalise)
         return ssim(maps, greyscale(x, model.input_range)).to(x.dtype)

@@ -45,7 +45,8 @@ class PointingGame(Metric):
     class Params:
         tolerance: int | None = param(None, "pixels the mask is grown by; None: 15 px at 224 px, scaled", low=0)
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         require_images(self.name, x)
         mask = context.get("mask")
         if mask is None:
@@ -73,7 +74,8 @@ class Runtime(Metric):
     summary = "seconds per explained sample, with forward/backward passes per sample (from the explanation)"
     higher_is_better = False
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         meta = require_explanation(self.name, context).meta
         n = x.shape[0]
         ones = torch.ones(n, dtype=x.dtype, device=x.device)

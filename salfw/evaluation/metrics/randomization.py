@@ -83,7 +83,8 @@ class Randomization(Metric):
                 "ssim": ssim(normalise_map(original, "abs-max"), normalise_map(changed, "abs-max")).to(a.dtype)
                 if original.dim() == 3 and min(original.shape[1:]) >= 11 else torch.full_like(a[:, 0], float("nan"))}
 
-    def score(self, model, x, attributions, targets, seed, **context):
+    def score(self, model, x, attributions, targets, ctx, **context):
+        seed = ctx.seed
         explanation = require_explanation(self.name, context)
         params = replay_params(explanation)
         layers = parameter_layers(model.module)[::-1]  # top first

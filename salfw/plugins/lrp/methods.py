@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from salfw.core.context import count
 from salfw.core.contracts import Method
 from salfw.core.params import param
 
@@ -22,8 +23,7 @@ def propagate_batches(model, net: Network, x: torch.Tensor, targets: torch.Tenso
     for i in range(0, x.shape[0], batch_size):
         chunk, t = x[i:i + batch_size], targets[i:i + batch_size]
         relevance, _logits, layers = net.propagate(model.preprocessing(chunk), start(t), rules, stabilizer)
-        model.forward_passes += chunk.shape[0]
-        model.count_backward(chunk.shape[0])
+        count(forward=chunk.shape[0], backward=chunk.shape[0])
         outs.append(relevance.reshape(chunk.shape))
         diags.append(layers)
     merged = [dict(d, relevance_out=torch.cat([c[j]["relevance_out"] for c in diags]),
@@ -76,7 +76,8 @@ class LRP(Method):
         super().check_model(model)
         network_for(self, model, keep=True)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         net = network_for(self, model)
         low, high = network_bounds(model, x)
@@ -121,7 +122,8 @@ class DeepTaylor(Method):
         super().check_model(model)
         network_for(self, model, keep=True)
 
-    def attribute(self, model, x, targets, seed):
+    def attribute(self, model, x, targets, ctx):
+        seed = ctx.seed
         p = self.params
         net = network_for(self, model)
         low, high = network_bounds(model, x)
