@@ -21,7 +21,7 @@ from .errors import InputError, ModelError, ParameterError, TargetError, Unknown
 from .explanation import Explanation
 from .guard import preserved
 from .models import Model, WhiteBox
-from .params import parse_params, params_to_json
+from .params import Component, parse_params, params_to_json
 from .registry import get_registry
 
 
@@ -43,25 +43,33 @@ def model_explainers() -> dict[str, type]:
     return {k: e.obj for k, e in sorted(get_registry().table("model-explainer").items())}
 
 
+def component_params(kind: str, name: str) -> type:
+    """The parameter declaration of a registered component (for nested settings like
+    ``perturbation.sigma``)."""
+    return get_registry().get(kind, name).Params
+
+
 def make_method(name: str, **params: Any) -> Method:
     cls = get_registry().get("method", name)
-    return cls(parse_params(cls.Params, params, owner=f"method '{name}'"))
+    return cls(parse_params(cls.Params, params, owner=f"method '{name}'", resolve=component_params))
 
 
 def make_explainer(name: str, **params: Any) -> ModelExplainer:
     """A registered model explainer (``salfw list explainers``) with validated parameters."""
     cls = get_registry().get("model-explainer", name)
-    return cls(parse_params(cls.Params, params, owner=f"model explainer '{name}'"))
+    return cls(parse_params(cls.Params, params, owner=f"model explainer '{name}'", resolve=component_params))
 
 
-def make_perturbation(spec: str | Perturbation, **params: Any) -> Perturbation:
-    """A perturbation instance from its registered name (or pass one through)."""
+def make_perturbation(spec: str | Component | Perturbation, **params: Any) -> Perturbation:
+    """A perturbation instance from its registered name or a :class:`Component` (or pass one through)."""
     if isinstance(spec, Perturbation):
         return spec
+    if isinstance(spec, Component):
+        spec, params = spec.name, {**spec.kwargs, **params}
     if not isinstance(spec, str):
         raise ParameterError(f"a perturbation is named by a string like 'black' or 'blur', got {spec!r}")
     cls = get_registry().get("perturbation", spec)
-    return cls(parse_params(cls.Params, params, owner=f"perturbation '{spec}'"))
+    return cls(parse_params(cls.Params, params, owner=f"perturbation '{spec}'", resolve=component_params))
 
 
 def load_model(spec: str) -> Model:
@@ -212,7 +220,7 @@ def _check_output(name: str, a: Any, x: torch.Tensor) -> None:
 # -- evaluate ---------------------------------------------------------------------
 def make_metric(name: str, **params: Any) -> Metric:
     cls = get_registry().get("metric", name)
-    return cls(parse_params(cls.Params, params, owner=f"metric '{name}'"))
+    return cls(parse_params(cls.Params, params, owner=f"metric '{name}'", resolve=component_params))
 
 
 def evaluate(metric: str, model: Model, x: Any, explanation: Explanation | torch.Tensor,

@@ -1,5 +1,6 @@
 """The base classes a plugin subclasses: methods, metrics, perturbations,
-model loaders and model explainers. Each declares its parameters once as a
+model loaders, model explainers, and the relevance-propagation rules and
+composites. Each declares its parameters once as a
 ``Params`` dataclass (see :mod:`salfw.core.params`)."""
 
 from __future__ import annotations
@@ -155,4 +156,34 @@ class ModelExplainer:
         self.params = params
 
     def run(self, model: Model, data: Any = None, seed: int = 0) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class PropagationRule:
+    """A relevance-propagation rule (LRP and its relatives), registered by name.
+
+    The engine's side (how relevance moves through a layer) is
+    :class:`salfw.sdk.propagation.Rule`, which subclasses this; ``from_settings``
+    builds an instance from the method's numbers (epsilon, gamma, ...).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> PropagationRule:
+        raise NotImplementedError
+
+
+class Composite:
+    """Assigns a propagation rule to each layer of a network, registered by name.
+
+    ``rules(layers)`` returns ``{layer path: rule name or rule}`` for the layers
+    the engine lists (:class:`salfw.sdk.propagation.LayerInfo`).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+
+    def rules(self, layers: list[Any]) -> dict[str, Any]:
         raise NotImplementedError

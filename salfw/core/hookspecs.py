@@ -31,3 +31,20 @@ def salfw_register_model_loaders(register):
 @hookspec
 def salfw_register_model_explainers(register):
     """Call ``register(ModelExplainerClass)`` for each whole-network explainer."""
+
+
+@hookspec
+def salfw_register_rules(register):
+    """Call ``register(RuleClass)`` for each relevance-propagation rule (a
+    :class:`salfw.sdk.propagation.Rule` subclass with a kebab-case ``name``)."""
+
+
+@hookspec
+def salfw_register_composites(register):
+    """Call ``register(CompositeClass)`` for each composite (layer -> rule assignment)."""
+
+
+@hookspec
+def salfw_register_commands(cli):
+    """Add click commands to salfw's command line: ``cli.add_command(command)`` or the
+    ``@cli.command()`` decorator, as on a ``click.Group``."""

@@ -24,7 +24,8 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .contracts import NAME_PATTERN, Method, Metric, ModelExplainer, ModelLoader, Perturbation
+from .contracts import (NAME_PATTERN, Composite, Method, Metric, ModelExplainer, ModelLoader, Perturbation,
+                        PropagationRule)
 from .errors import PluginError, UnknownNameError
 from .explanation import KINDS
 
@@ -38,7 +39,11 @@ TYPES: dict[str, tuple[str, type, str]] = {
     "perturbation": ("salfw_register_perturbations", Perturbation, "name"),
     "model-loader": ("salfw_register_model_loaders", ModelLoader, "scheme"),
     "model-explainer": ("salfw_register_model_explainers", ModelExplainer, "name"),
+    "rule": ("salfw_register_rules", PropagationRule, "name"),
+    "composite": ("salfw_register_composites", Composite, "name"),
 }
+#: CLI subcommands: the hook receives a ``cli`` object that collects click commands.
+COMMAND_HOOK = "salfw_register_commands"
 
 
 @dataclasses.dataclass
@@ -84,7 +89,7 @@ class Registry:
     def __init__(self):
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in TYPES}
+        self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in (*TYPES, "command")}
         self.plugins: dict[str, PluginRecord] = {}
         self._loaded = False
 
@@ -146,6 +151,9 @@ class Registry:
                 for impl in getattr(self.pm.hook, hook).get_hookimpls():
                     if impl.plugin_name == name:
                         impl.function(register=self._callback(kind, base, key, name, dist, version, added))
+            for impl in getattr(self.pm.hook, COMMAND_HOOK).get_hookimpls():
+                if impl.plugin_name == name:
+                    impl.function(cli=CommandCollector(self._add_command(name, dist, version, added)))
         except Exception as exc:
             for kind, key in added:
                 del self.entries[kind][key]
@@ -173,6 +181,21 @@ class Registry:
             return obj
         return register
 
+    def _add_command(self, plugin: str, dist, version, added: list) -> Callable[[Any], Any]:
+        def add(command: Any) -> Any:
+            import click  # the CLI's library; loaded only when a plugin adds a command
+
+            if not isinstance(command, click.Command) or not command.name:
+                raise PluginError(f"plugin '{plugin}' must add click commands with a name, got {command!r}")
+            table = self.entries["command"]
+            if command.name in table:
+                raise PluginError(f"command '{command.name}' is registered by both plugin "
+                                  f"'{table[command.name].plugin}' and plugin '{plugin}'")
+            table[command.name] = Entry(command.name, "command", command, plugin, dist, version)
+            added.append(("command", command.name))
+            return command
+        return add
+
     # -- lookup -------------------------------------------------------------------
     def table(self, kind: str) -> dict[str, Entry]:
         self.ensure_loaded()
@@ -186,6 +209,26 @@ class Registry:
             hint = f" (failed plugins: {', '.join(failed)}; see 'salfw list plugins')" if failed else ""
             raise UnknownNameError(f"unknown {kind} '{name}'; available: {known}{hint}")
         return table[name].obj
+
+
+class CommandCollector:
+    """What ``salfw_register_commands(cli)`` receives: ``add_command`` and ``command`` as on a
+    ``click.Group``; the commands are recorded per plugin (and rolled back if the plugin fails)."""
+
+    def __init__(self, add: Callable[[Any], Any]):
+        self._add = add
+
+    def add_command(self, command: Any, name: str | None = None) -> Any:
+        if name is not None:
+            command.name = name
+        return self._add(command)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable], Any]:
+        import click
+
+        def decorate(function: Callable) -> Any:
+            return self._add(click.command(*args, **kwargs)(function))
+        return decorate
 
 
 def _names_from_env(var: str) -> set[str] | None:
