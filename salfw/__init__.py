@@ -1,23 +1,52 @@
 """salfw: salient features of a neural network's input, many methods under one roof.
 
-The public API (see DESIGN.md)::
+The public API (see docs/architecture.md)::
 
     m = salfw.WhiteBox(module, input_range=(0.0, 1.0))
     e = salfw.explain("integrated-gradients", m, x, target=None, seed=0, steps=50)
     salfw.evaluate("deletion", m, x, e)
+    salfw.plot(e)                       # a matplotlib Figure (a notebook shows ``e`` itself too)
+
+    @salfw.register                     # use a method by name without packaging it
+    class MyMethod(salfw.core.contracts.Method): ...
+
+Importing salfw changes nothing global: no plugin is loaded before the first
+lookup, matplotlib is imported only to draw, and no random state is seeded.
 """
 
-from .core.api import evaluate, explain, load_model, methods, metrics, model_explainers, perturbations
-from .core.errors import (InputError, ModelError, ModelRequirementError, ParameterError, PluginError,
-                          SalfwError, TargetError, UnknownNameError)
+from .core.api import (
+    evaluate,
+    explain,
+    load_model,
+    make_method,
+    methods,
+    metrics,
+    model_explainers,
+    perturbations,
+    register,
+    unregister,
+)
+from .core.context import Context
+from .core.errors import (
+    InputError,
+    ModelError,
+    ModelRequirementError,
+    ParameterError,
+    PluginError,
+    SalfwError,
+    TargetError,
+    UnknownNameError,
+)
 from .core.explanation import Explanation
 from .core.hookspecs import hookimpl
 from .core.models import BlackBox, WhiteBox
+from .core.render import draw_grid, plot
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlackBox", "Explanation", "InputError", "ModelError", "ModelRequirementError", "ParameterError",
-    "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "evaluate", "explain",
-    "hookimpl", "load_model", "methods", "metrics", "model_explainers", "perturbations",
+    "BlackBox", "Context", "Explanation", "InputError", "ModelError", "ModelRequirementError", "ParameterError",
+    "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "draw_grid", "evaluate",
+    "explain", "hookimpl", "load_model", "make_method", "methods", "metrics", "model_explainers",
+    "perturbations", "plot", "register", "unregister",
 ]

@@ -14,6 +14,8 @@ or parametrise pytest over :func:`conformance_cases` as salfw's own
 ``model-unchanged``          parameters, ``requires_grad``, ``training`` and hooks as before
 ``model-unchanged-on-error`` the same after the network raises in the middle of the method
 ``refuses-black-box``        a white-box method given a BlackBox raises ModelRequirementError
+``stateless``                ``check_model`` and ``attribute`` leave the instance's attributes as they were
+                             (nothing hides between them; one instance may explain in two threads)
 
 Methods run on tiny networks (a bias-free ReLU CNN with max pooling and a
 global-average-pool + linear head on 1×8×8 images; a bias-free ReLU MLP on
@@ -27,13 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .core.api import explain, methods
+from .core.api import explain, make_method, methods
 from .core.errors import ModelRequirementError
 from .core.guard import model_fingerprint, same_fingerprint
 from .core.models import BlackBox, Model, WhiteBox
 
 CHECKS = ("output", "deterministic", "batch-equals-samples", "model-unchanged", "model-unchanged-on-error",
-          "refuses-black-box")
+          "refuses-black-box", "stateless")
 IMAGE_SHAPE = (1, 8, 8)
 VECTOR_SIZE = 6
 CLASSES = 3
@@ -126,7 +128,7 @@ def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECK
         assert _close(first.attributions, singles, rtol=1e-3), \
             f"{name}: the batch differs from its samples one by one " \
             f"(max diff {(first.attributions - singles).abs().max().item():.3g})"
-    if module is not None and "model-unchanged" in checks:
+    if module is not None and before is not None and "model-unchanged" in checks:
         assert same_fingerprint(before, model_fingerprint(module)), f"{name}: the model was changed"
     if module is not None and "model-unchanged-on-error" in checks:
         failing_module = _FailAfter(module)
@@ -152,5 +154,14 @@ def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECK
             assert "WhiteBox" in str(exc) or "white" in str(exc), f"{name}: unclear refusal: {exc}"
         else:
             raise AssertionError(f"{name}: a white-box method accepted a BlackBox")
+    if "stateless" in checks:
+        instance = make_method(name, **params)
+        state = dict(vars(instance))
+        explain(instance, model, x, seed=0)
+        after = vars(instance)
+        changed = sorted(k for k in set(state) | set(after) if k not in state or k not in after
+                         or after[k] is not state[k])
+        assert not changed, f"{name}: the method instance changed its attribute(s) {', '.join(changed)} " \
+                            f"while explaining (keep per-call state in locals or the context)"
     if handle is not None:
         handle.remove()

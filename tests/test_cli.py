@@ -1,8 +1,10 @@
 """The CLI: listings, info, run, and one-line errors with a non-zero exit for user mistakes;
 the file model loaders (TorchScript, python:, ONNX)."""
 
+import dataclasses
 import json
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,10 @@ from torch import nn
 
 import salfw
 from salfw.cli.main import cli, main
+from salfw.core import registry as reg
+from salfw.core.api import make_perturbation
+from salfw.core.contracts import Method
+from salfw.core.params import Component, component, param
 from salfw.testing import tiny_mlp
 
 
@@ -25,7 +31,8 @@ def run_cli(args, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("what", ["methods", "metrics", "perturbations", "plugins", "models", "loaders"])
+@pytest.mark.parametrize("what", ["methods", "metrics", "perturbations", "plugins", "models", "loaders",
+                                  "explainers", "rules", "composites", "commands"])
 def test_list_json_rows_have_the_contract_fields(what, capsys):
     code, out, err = run_cli(["list", what, "--json"], capsys)
     assert code == 0, err
@@ -175,3 +182,175 @@ def test_onnx_loader_is_a_black_box_matching_the_graph(tmp_path):
     assert torch.allclose(m.scores(x), torch.from_numpy(x.numpy() @ w + b), atol=1e-5)
     with pytest.raises(salfw.ModelRequirementError, match="white-box"):
         salfw.explain("gradient", m, x)
+
+
+# -- commands through the registry ---------------------------------------------------------------
+@pytest.fixture
+def fresh_registry():
+    reg.reset_registry()
+    yield reg.get_registry()
+    reg.reset_registry()
+
+
+BUILTIN_COMMANDS = {"list", "info", "run", "compare", "evaluate", "train", "test", "plot"}
+
+
+def test_builtin_commands_are_a_plugin_like_any_other(capsys):
+    code, out, err = run_cli(["list", "commands", "--json"], capsys)
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert BUILTIN_COMMANDS <= set(rows)
+    assert {rows[n]["plugin"] for n in BUILTIN_COMMANDS} == {"commands"} and rows["run"]["distribution"] == "salfw"
+    assert rows["run"]["type"] == "command" and rows["run"]["summary"].startswith("Explain one input")
+    code, out, _ = run_cli(["list", "plugins", "--json"], capsys)
+    plugin = {row["name"]: row for row in json.loads(out)}["commands"]
+    assert plugin["status"] == "loaded" and plugin["module"] == "salfw.cli.commands"
+    assert {f"command:{n}" for n in BUILTIN_COMMANDS} <= set(plugin["provides"])
+    code, out, _ = run_cli(["list", "commands"], capsys)
+    assert any(line.split()[:2] == ["run", "commands"] for line in out.splitlines())
+    code, out, _ = run_cli(["info", "compare"], capsys)
+    assert code == 0 and "command, plugin 'commands'" in out
+
+
+def test_listing_is_generic_over_registry_types(fresh_registry, capsys):
+    from salfw.core.contracts import Composite, PropagationRule
+
+    rule = type("Flat", (PropagationRule,), {"name": "flat-listed", "summary": "uniform relevance"})
+    composite = type("AllFlat", (Composite,), {"name": "all-flat-listed", "__doc__": "Flat everywhere.\n\nMore."})
+    fresh_registry.register_plugin(reg.plugin_namespace(
+        salfw_register_rules=lambda register: register(rule),
+        salfw_register_composites=lambda register: register(composite)), "flat-family")
+    for what, name, summary in (("rules", "flat-listed", "uniform relevance"),
+                                ("composites", "all-flat-listed", "Flat everywhere.")):
+        code, out, err = run_cli(["list", what, "--json"], capsys)
+        assert code == 0, err
+        row = {r["name"]: r for r in json.loads(out)}[name]
+        assert row["plugin"] == "flat-family" and row["summary"] == summary and row["type"] == what[:-1]
+        code, out, _ = run_cli(["list", what], capsys)
+        assert f"{name}" in out and "flat-family" in out and summary in out
+    code, out, _ = run_cli(["list", "plugins"], capsys)
+    assert "rule:flat-listed" in out and "composite:all-flat-listed" in out
+    code, out, _ = run_cli(["info", "flat-listed"], capsys)
+    assert code == 0 and "flat-listed (rule, plugin 'flat-family'" in out and "uniform relevance" in out
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "evaluate"])
+def test_progress_is_an_option_of_the_long_commands(command):
+    assert "--progress / --no-progress" in CliRunner().invoke(cli, [command, "--help"]).output
+
+
+def _hello_plugin(fail: bool = False):
+    def add(cli):
+        @cli.command("hello")
+        @click.option("--name", default="world")
+        def hello(name):
+            """Say hello."""
+            click.echo(f"hello {name}")
+
+        if fail:
+            raise RuntimeError("plugin broke after adding its command")
+
+    return reg.plugin_namespace(salfw_register_commands=add)
+
+
+def test_a_third_party_command_joins_the_cli(fresh_registry, capsys):
+    fresh_registry.register_plugin(_hello_plugin(), "hello-plugin", "salfw-hello", "1.0")
+    code, out, err = run_cli(["hello", "--name", "salfw"], capsys)
+    assert code == 0 and out == "hello salfw\n", err
+    code, out, _ = run_cli(["list", "commands", "--json"], capsys)
+    row = {r["name"]: r for r in json.loads(out)}["hello"]
+    assert (row["plugin"], row["distribution"], row["summary"]) == ("hello-plugin", "salfw-hello", "Say hello.")
+    assert "hello" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_a_failing_plugins_commands_are_rolled_back(fresh_registry, capsys):
+    with pytest.raises(salfw.PluginError, match="plugin broke"):
+        fresh_registry.register_plugin(_hello_plugin(fail=True), "broken-commands")
+    assert "hello" not in fresh_registry.table("command")
+    code, _, err = run_cli(["hello"], capsys)
+    assert code != 0 and "No such command 'hello'" in err
+    code, out, _ = run_cli(["list", "plugins", "--json"], capsys)
+    row = {r["name"]: r for r in json.loads(out)}["broken-commands"]
+    assert row["status"] == "failed" and "plugin broke" in row["error"] and row["provides"] == []
+    code, out, _ = run_cli(["list", "methods"], capsys)  # the rest work
+    assert code == 0 and "gradient" in out
+
+
+def test_a_command_name_clash_names_both_plugins(fresh_registry):
+    clash = reg.plugin_namespace(salfw_register_commands=lambda cli: cli.add_command(click.Command("run")))
+    with pytest.raises(salfw.PluginError, match="command 'run' is registered by both plugin 'commands' and plugin "
+                                               "'mine'"):
+        fresh_registry.register_plugin(clash, "mine")
+    assert fresh_registry.table("command")["run"].plugin == "commands"
+
+
+def test_builtin_commands_survive_an_allow_list(monkeypatch, capsys):
+    monkeypatch.setenv("SALFW_PLUGINS", "gradient,perturbations")
+    reg.reset_registry()
+    try:
+        code, out, err = run_cli(["list", "methods"], capsys)
+        assert code == 0 and "gradient" in out and "lime" not in out, err
+        assert reg.get_registry().plugins["commands"].status == "loaded"
+    finally:
+        reg.reset_registry()
+
+
+# -- nested settings and progress ------------------------------------------------------------------
+class _Filled(Method):
+    """Input minus a fill (a test method with a nested perturbation setting)."""
+
+    name = "filled-test"
+    box = "black"
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        perturbation: Component = component("black", "perturbation", "the fill")
+        scale: float = param(1.0, "a factor")
+
+    def attribute(self, model, x, targets, ctx):
+        fill = make_perturbation(self.params.perturbation).fill(x, model.input_range, ctx.generator)
+        return self.params.scale * (x - fill), {"progress": ctx.show_progress}
+
+
+@pytest.fixture
+def filled(fresh_registry):
+    salfw.register(_Filled)
+
+
+def test_run_passes_nested_settings_through(filled, tmp_path, capsys):
+    code, out, err = run_cli(["run", "filled-test", "--sample", "1", "--set", "perturbation=blur",
+                              "--set", "perturbation.sigma=2", "--out", str(tmp_path), "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["params"]["perturbation"] == {"name": "blur", "sigma": 2.0}
+    code, _, err = run_cli(["run", "filled-test", "--set", "perturbation=blur", "--set", "perturbation.sigma=-1",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 2 and "sigma" in err and ">= 0" in err
+    code, _, err = run_cli(["run", "filled-test", "--set", "perturbation.sigma=2", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "unknown parameter(s) sigma for perturbation 'black'" in err  # the default has none
+
+
+@pytest.mark.parametrize("flag,shown", [([], False), (["--progress"], True), (["--no-progress"], False)])
+def test_run_progress_flag_reaches_the_context(filled, flag, shown, tmp_path, capsys):
+    code, out, err = run_cli(["run", "filled-test", "--out", str(tmp_path), "--json", *flag], capsys)
+    assert code == 0, err
+    assert json.loads(out)["meta"]["progress"] is shown  # stderr is not a terminal under pytest
+
+
+def test_compare_splits_only_a_leading_method_name(filled, tmp_path, capsys):
+    from salfw.cli.compare import split_settings
+
+    given = split_settings({"filled-test.perturbation.sigma": "2", "perturbation": "blur", "batch_size": "4",
+                            "gradient.absolute": "true"}, ["filled-test", "gradient"])
+    assert given == {"filled-test": {"perturbation.sigma": "2", "perturbation": "blur"},
+                     "gradient": {"batch_size": "4", "absolute": "true"}}
+    with pytest.raises(salfw.ParameterError, match="lime.samples, scale: no chosen method declares them"):
+        split_settings({"lime.samples": "3", "scale": "2"}, ["gradient"])
+    with pytest.raises(salfw.UnknownNameError, match="unknown method 'nope'"):
+        split_settings({}, ["nope"])
+    code, out, err = run_cli(["compare", "filled-test", "gradient", "--set", "perturbation=blur",
+                              "--set", "filled-test.perturbation.sigma=2", "--set", "gradient.absolute=true",
+                              "--no-progress", "--out", str(tmp_path)], capsys)
+    assert code == 0 and (tmp_path / "compare.png").exists(), err
+    code, _, err = run_cli(["compare", "filled-test", "--set", "filled-test.perturbation.sigma=x",
+                            "--out", str(tmp_path)], capsys)
+    assert code == 2 and "sigma" in err

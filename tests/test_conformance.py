@@ -2,7 +2,7 @@
 
 import pytest
 
-from salfw.testing import conformance_cases, check_method
+from salfw.testing import check_method, conformance_cases
 
 
 @pytest.mark.parametrize("name,kind", conformance_cases())

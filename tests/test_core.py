@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import types
 
 import numpy as np
 import pytest
@@ -10,10 +9,10 @@ import torch
 from torch import nn
 
 import salfw
-from salfw.core.context import Context
 from salfw.core import registry as reg
-from salfw.core.api import as_batch, make_perturbation
-from salfw.core.contracts import Method, Perturbation
+from salfw.core.api import make_perturbation
+from salfw.core.context import Context
+from salfw.core.contracts import Method
 from salfw.core.guard import model_fingerprint, preserved, same_fingerprint
 from salfw.core.params import describe_params, param, parse_params
 from salfw.core.preprocessing import Preprocessing
@@ -70,7 +69,8 @@ def _method(name):
 
 def test_duplicate_names_are_an_error_naming_both_plugins():
     with _Fresh() as r:
-        r.register_plugin(reg.plugin_namespace(salfw_register_methods=lambda register: register(_method("dup"))), "first")
+        r.register_plugin(reg.plugin_namespace(
+            salfw_register_methods=lambda register: register(_method("dup"))), "first")
         with pytest.raises(salfw.PluginError, match="'first' and plugin 'second'"):
             r.register_plugin(reg.plugin_namespace(
                 salfw_register_methods=lambda register: register(_method("dup"))), "second")

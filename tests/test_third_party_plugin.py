@@ -53,9 +53,49 @@ def test_disabling_third_party_plugins_keeps_the_built_ins(plugin_path, tmp_path
     assert rows["gradient"]["status"] == "loaded"
 
 
+COMMAND_PLUGIN = """
+import click
+import salfw
+
+
+@salfw.hookimpl
+def salfw_register_commands(cli):
+    @cli.command("greet")
+    @click.argument("who")
+    def greet(who):
+        \"\"\"Greet WHO.\"\"\"
+        click.echo(f"hello {who}")
+
+    if BROKEN:
+        raise RuntimeError("broke after adding greet")
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_packaged_command_joins_the_cli_or_is_rolled_back(broken, tmp_path):
+    """A package's ``salfw_register_commands`` adds a subcommand; if the plugin then raises,
+    its command is gone and ``salfw list plugins`` says why, while the rest of salfw works."""
+    (tmp_path / "salfw_greet.py").write_text(f"BROKEN = {broken}\n{COMMAND_PLUGIN}")
+    dist = tmp_path / "salfw_greet-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: salfw-greet\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[salfw]\ngreet = salfw_greet\n")
+    greet = _salfw(["greet", "you"], str(tmp_path), tmp_path)
+    plugins = {row["name"]: row for row in json.loads(_salfw(["list", "plugins", "--json"], str(tmp_path),
+                                                             tmp_path).stdout)}
+    if broken:
+        assert greet.returncode != 0 and "No such command 'greet'" in greet.stderr
+        assert plugins["greet"]["status"] == "failed" and "broke after adding greet" in plugins["greet"]["error"]
+    else:
+        assert greet.returncode == 0 and greet.stdout == "hello you\n", greet.stderr
+        assert plugins["greet"]["provides"] == ["command:greet"] and plugins["greet"]["distribution"] == "salfw-greet"
+    assert plugins["commands"]["status"] == "loaded"
+
+
 def test_conforms():
-    from salfw.core import registry
     import salfw_random_map  # noqa: F401  (on the path through the fixture below)
+
+    from salfw.core import registry
 
     registry.reset_registry()
     try:

@@ -3,7 +3,9 @@ and turning user mistakes into one-line errors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -21,9 +23,11 @@ def notice(message: str) -> None:
 
 
 def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
-    """``("steps=20", "baseline=black")`` -> ``{"steps": "20", "baseline": "black"}``; values are
-    coerced to the declared types by the method's parameter declaration."""
-    out = {}
+    """``("steps=20", "perturbation=blur", "perturbation.sigma=2")`` -> ``{"steps": "20",
+    "perturbation": "blur", "perturbation.sigma": "2"}``: keys pass through whole (a dotted key is
+    a nested setting, validated by the component it names); values are coerced to the declared
+    types by the method's parameter declaration."""
+    out: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -50,7 +54,7 @@ def _fit_image(array: np.ndarray, model: Model, source: str) -> torch.Tensor:
     img = img.convert("L" if channels == 1 else "RGB")
     if shape and img.size != (shape[2], shape[1]):
         notice(f"resized {source} from {img.size[0]}x{img.size[1]} to the model's {shape[2]}x{shape[1]}")
-        img = img.resize((shape[2], shape[1]), Image.BILINEAR)
+        img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
     pixels = np.asarray(img, dtype=np.float32) / 255.0
     pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
     lo, hi = model.input_range
@@ -109,18 +113,28 @@ def inputs_for(model: Model, input_path: str | None, sample: int | None) -> torc
     return load_sample(sample or 0)[0]
 
 
-def model_options(f):
-    """``--model``, ``--input``, ``--sample``, ``--target``, ``--set``, ``--seed`` and ``--out``."""
+def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--progress/--no-progress``: None (not given) means on when stderr is a terminal."""
+    return click.option("--progress/--no-progress", default=None,
+                        help="show progress bars on stderr (default: when stderr is a terminal)")(f)
+
+
+def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--model``, ``--input``, ``--sample``, ``--target``, ``--set``, ``--seed``, ``--out`` and
+    ``--progress/--no-progress``."""
     options = [
         click.option("--model", "model_spec", default=None,
-                     help=f"model spec: builtin:NAME, torchscript:PATH, onnx:PATH, python:MOD:FN (default {DEFAULT_MODEL})"),
+                     help="model spec: builtin:NAME, torchscript:PATH, onnx:PATH, python:MOD:FN "
+                          f"(default {DEFAULT_MODEL})"),
         click.option("--input", "input_path", default=None, help="a PNG/JPEG image or a .npy array"),
         click.option("--sample", type=int, default=None, help="index of a built-in sample digit (default 0)"),
         click.option("--target", type=int, default=None, help="class to explain (default: the predicted one)"),
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a method parameter; repeatable"),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="a method parameter, or a nested setting such as perturbation.sigma=2; repeatable"),
         click.option("--seed", type=int, default=0, show_default=True, help="seed for every random choice"),
         click.option("--out", default="salfw-out", show_default=True, help="output directory"),
     ]
+    f = progress_option(f)
     for option in reversed(options):
         f = option(f)
     return f

@@ -1,61 +1,84 @@
 """``salfw compare METHOD... | --all``: explain the same inputs with several methods and write one
-grid image (rows inputs, columns methods; see :mod:`salfw.evaluation.grid`)."""
+grid image (rows inputs, columns methods; see :func:`salfw.core.render.grid_figure`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 
-from salfw.core.api import explain, methods as registered_methods
+from salfw.core.api import explain
+from salfw.core.api import methods as registered_methods
 from salfw.core.errors import ModelRequirementError, ParameterError
+from salfw.core.explanation import Explanation
 from salfw.core.models import Model
+from salfw.core.registry import get_registry
+from salfw.core.render import draw_grid
 
 from .common import inputs_for, model_from_spec, model_options, parse_sets
 
 
-def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *, target=None, seed: int = 0,
-            params: dict[str, str] | None = None, skip_unfit: bool = False) -> tuple[Path, dict[str, str]]:
+def split_settings(params: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:
+    """Which ``--set`` goes to which chosen method.
+
+    ``METHOD.KEY=value`` (``METHOD`` a registered method's name) goes to that method only, with
+    ``KEY`` kept whole (``lime.perturbation.sigma=2`` gives lime ``perturbation.sigma``); any other
+    ``KEY=value`` goes to every chosen method that declares ``KEY``'s first part
+    (``perturbation.sigma=2`` to each method with a ``perturbation``). A setting no chosen method
+    takes is a :class:`ParameterError`.
+    """
+    classes = {name: get_registry().get("method", name) for name in names}  # unknown names raise here
+    known = registered_methods()
+    given: dict[str, dict[str, str]] = {name: {} for name in names}
+    unused = []
+    for key, value in params.items():
+        head, dot, rest = key.partition(".")
+        if dot and head in known:
+            if head in given:
+                given[head][rest] = value
+            else:
+                unused.append(key)
+            continue
+        takers = [name for name, cls in classes.items() if head in {f.name for f in dataclasses.fields(cls.Params)}]
+        for name in takers:
+            given[name][key] = value
+        if not takers:
+            unused.append(key)
+    if unused and names:
+        raise ParameterError(f"--set {', '.join(sorted(unused))}: no chosen method declares "
+                             f"{'it' if len(unused) == 1 else 'them'}")
+    return given
+
+
+def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *, target: Any = None, seed: int = 0,
+            params: dict[str, str] | None = None, skip_unfit: bool = False,
+            progress: bool | None = None) -> tuple[Path, dict[str, str]]:
     """Explain ``x`` with each method and draw the grid to ``<out>/compare.png``.
 
-    ``params`` (from ``--set``) go to every method that declares them; ``method.key`` goes to that
-    method only. With ``skip_unfit``
+    ``params`` (from ``--set``) are shared out by :func:`split_settings`. With ``skip_unfit``
     (``--all``), methods whose requirements the model lacks are left out of the grid instead of
     failing. Returns the image path and the skipped methods with their reasons.
     """
-    import dataclasses
-
-    from salfw.evaluation.grid import draw_grid
-
-    params = params or {}
-    known = registered_methods()
-    unused = set(params)
-    explanations, errors = {}, {}
+    settings = split_settings(params or {}, names)
+    explanations: dict[str, Explanation] = {}
+    errors: dict[str, str] = {}
     for name in names:
-        cls = known.get(name)
-        declared = {f.name for f in dataclasses.fields(cls.Params)} if cls is not None else set(params)
-        given = {k: v for k, v in params.items() if k in declared}
-        scoped = {k: v for k, v in params.items() if k.startswith(f"{name}.")}
-        given.update({k.split(".", 1)[1]: v for k, v in scoped.items()})
-        unused -= set(given) | set(scoped)
         try:
-            explanations[name] = explain(name, model, x, target=target, seed=seed, **given)
+            explanations[name] = explain(name, model, x, target=target, seed=seed, progress=progress,
+                                         **settings[name])
         except ModelRequirementError as exc:
             if not skip_unfit:
                 raise
             errors[name] = str(exc).splitlines()[0]
-    if unused and names:
-        raise ParameterError(f"--set {', '.join(sorted(unused))}: no chosen method declares "
-                             f"{'it' if len(unused) == 1 else 'them'}")
-    labels = None
-    if explanations:
-        first = next(iter(explanations.values()))
-        probabilities = model.probabilities(first.inputs).tolist()
-        labels = [f"class {t} (p={probabilities[i][t]:.2f})" for i, t in enumerate(first.targets.tolist())]
     if not explanations:
         raise ModelRequirementError("none of the chosen methods can explain this model: "
                                     + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+    first = next(iter(explanations.values()))
+    probabilities = model.probabilities(x if first.inputs is None else first.inputs).tolist()
+    labels = [f"class {t} (p={probabilities[i][t]:.2f})" for i, t in enumerate(first.targets.tolist())]
     path = draw_grid(x, explanations, Path(out) / "compare.png", model.input_range, labels)
     return path, errors
 
@@ -66,8 +89,14 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
 @click.option("--samples", type=int, default=None,
               help="explain the first N built-in sample digits (one grid row each) instead of one input")
 @model_options
-def compare_command(methods, all_methods, samples, model_spec, input_path, sample, target, sets, seed, out):
-    """Explain the same input(s) with METHOD... (or --all) and write <out>/compare.png."""
+def compare_command(methods: tuple[str, ...], all_methods: bool, samples: int | None, model_spec: str | None,
+                    input_path: str | None, sample: int | None, target: int | None, sets: tuple[str, ...],
+                    seed: int, out: str, progress: bool | None) -> None:
+    """Explain the same input(s) with METHOD... (or --all) and write <out>/compare.png.
+
+    --set KEY=value goes to every chosen method declaring KEY; --set METHOD.KEY=value to METHOD
+    only, e.g. --set lime.perturbation.sigma=2.
+    """
     if bool(methods) == bool(all_methods):
         raise click.UsageError("name one or more methods, or pass --all (not both)")
     model = model_from_spec(model_spec)
@@ -85,7 +114,7 @@ def compare_command(methods, all_methods, samples, model_spec, input_path, sampl
         names = [n for n in names if kind in registered_methods()[n].input_kinds
                  and (registered_methods()[n].box == "black" or model.box == "white")]
     path, skipped = compare(model, x, names, out, target=target, seed=seed, params=parse_sets(sets),
-                            skip_unfit=all_methods)
+                            skip_unfit=all_methods, progress=progress)
     for name, reason in skipped.items():
         click.echo(f"skipped {name}: {reason}", err=True)
     click.echo(f"wrote {path}")

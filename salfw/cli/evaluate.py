@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import click
 
-from salfw.core.api import methods as registered_methods, metrics as registered_metrics
+from salfw.core.api import methods as registered_methods
+from salfw.core.api import metrics as registered_metrics
 from salfw.core.errors import ParameterError
 
-from .common import DEFAULT_MODEL, model_from_spec, parse_sets
+from .common import DEFAULT_MODEL, model_from_spec, parse_sets, progress_option
 
 
-def _names(value: str | None, known: dict, what: str) -> list[str]:
+def _names(value: str | None, known: dict[str, type], what: str) -> list[str]:
     if value is None or value == "all":
         return list(known)
     names = [v.strip() for v in value.split(",") if v.strip()]
@@ -22,7 +23,8 @@ def _names(value: str | None, known: dict, what: str) -> list[str]:
 
 
 def _scoped(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
-    """``("lime.num_samples=200",)`` -> ``{"lime": {"num_samples": "200"}}``."""
+    """``("lime.samples=200", "lime.perturbation.sigma=2")`` -> ``{"lime": {"samples": "200",
+    "perturbation.sigma": "2"}}``: only the leading name (a method or metric) is split off."""
     out: dict[str, dict[str, str]] = {}
     for key, value in parse_sets(pairs).items():
         name, dot, field = key.partition(".")
@@ -41,12 +43,16 @@ def _scoped(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--data", default="mnist", show_default=True,
               help="'mnist' (held-out digits 8000+, or the shipped samples) or a .npy batch in the input range")
 @click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE",
-              help="a method or metric parameter, e.g. lime.num_samples=200 or morf.steps=20; repeatable")
+              help="a method or metric parameter, e.g. lime.samples=200, lime.perturbation.sigma=2 or "
+                   "morf.steps=20; repeatable")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--reexplain-samples", type=int, default=50, show_default=True,
               help="inputs scored by metrics that re-run the method (randomization, max-sensitivity)")
 @click.option("--out", default="salfw-eval", show_default=True, help="output directory")
-def evaluate_command(method_names, metric_names, samples, model_specs, data, sets, seed, reexplain_samples, out):
+@progress_option
+def evaluate_command(method_names: str | None, metric_names: str | None, samples: int, model_specs: tuple[str, ...],
+                     data: str, sets: tuple[str, ...], seed: int, reexplain_samples: int, out: str,
+                     progress: bool | None) -> None:
     """Score methods x metrics on the same model and inputs; write a table and curve plots."""
     from salfw.evaluation.harness import load_data, run_comparison, write_comparison
 
@@ -63,6 +69,6 @@ def evaluate_command(method_names, metric_names, samples, model_specs, data, set
     result = run_comparison(models, methods, metrics, x, seed=seed,
                             method_params={k: v for k, v in scoped.items() if k in methods},
                             metric_params={k: v for k, v in scoped.items() if k in metrics},
-                            reexplain_samples=reexplain_samples)
+                            reexplain_samples=reexplain_samples, progress=progress)
     for path in write_comparison(result, out):
         click.echo(f"wrote {path}")

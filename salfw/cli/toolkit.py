@@ -22,7 +22,7 @@ from salfw.core.models import WhiteBox
 NUM_CLASSES = 10
 
 
-def _mnist(mnist_dir: str | None):
+def _mnist(mnist_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     from salfw.zoo.mnist import default_mnist_dir, load_mnist
 
     try:
@@ -62,7 +62,8 @@ def load_toolkit_model(spec: str) -> WhiteBox:
               help="train on the first N images of indices 0-7999")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--mnist-dir", default=None, type=click.Path(file_okay=False), help="MNIST IDX directory")
-def train_command(spec, epochs, seed, out, limit, batch_size, mnist_dir):
+def train_command(spec: str, epochs: int, seed: int, out: str, limit: int, batch_size: int,
+                  mnist_dir: str | None) -> None:
     """Build a network from SPEC, train it on MNIST and write it to OUT."""
     from salfw.sdk.understanding.specs import resolve_spec
     from salfw.zoo import toolkit
@@ -103,7 +104,7 @@ def train_command(spec, epochs, seed, out, limit, batch_size, mnist_dir):
 @click.option("--limit", default=2000, show_default=True, type=click.IntRange(1, 2000),
               help="test on the first N held-out images (8000-9999)")
 @click.option("--mnist-dir", default=None, type=click.Path(file_okay=False), help="MNIST IDX directory")
-def test_command(spec, num_errors, out, limit, mnist_dir):
+def test_command(spec: str, num_errors: int, out: str, limit: int, mnist_dir: str | None) -> None:
     """Held-out accuracy, confusion matrix and example errors of a model on MNIST 8000-9999."""
     from salfw.sdk.understanding.plots import plot_errors
     from salfw.zoo import toolkit
@@ -137,25 +138,31 @@ def test_command(spec, num_errors, out, limit, mnist_dir):
 @click.option("--sample", default=0, show_default=True, type=int, help="shipped sample digit for --what outputs")
 @click.option("--in-channel", default=0, show_default=True, type=int, help="input channel for --what weights")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="image file to write (.png)")
-def plot_command(spec, what, layer, sample, in_channel, out):
+def plot_command(spec: str, what: str, layer: str | None, sample: int, in_channel: int, out: str) -> None:
     """Plot a model's convolution weights, a layer's outputs or each layer's average output."""
     from salfw.sdk.understanding import plots
-    from salfw.zoo.samples import load_samples
 
     model = load_toolkit_model(spec)
-    if what in ("weights", "outputs") and layer is None:
+    if what == "averages":
+        path = plots.plot_layer_averages(model, _sample_digits(model), out)
+    elif layer is None:
         raise click.UsageError(f"--what {what} needs --layer; the layers are: "
                                f"{', '.join(plots.layer_names(model.module))}")
-    if what == "weights":
+    elif what == "weights":
         path = plots.plot_conv_weights(model.module, layer, out, in_channel=in_channel)
     else:
-        images, _ = load_samples()
-        if model.input_shape is not None and tuple(images.shape[1:]) != tuple(model.input_shape):
-            raise InputError(f"the sample digits are {tuple(images.shape[1:])}, the model takes {model.input_shape}")
-        if what == "outputs":
-            if not 0 <= sample < len(images):
-                raise InputError(f"--sample must be in 0..{len(images) - 1}, got {sample}")
-            path = plots.plot_layer_outputs(model, images[sample:sample + 1], layer, out)
-        else:
-            path = plots.plot_layer_averages(model, images, out)
+        images = _sample_digits(model)
+        if not 0 <= sample < len(images):
+            raise InputError(f"--sample must be in 0..{len(images) - 1}, got {sample}")
+        path = plots.plot_layer_outputs(model, images[sample:sample + 1], layer, out)
     click.echo(f"wrote {path}")
+
+
+def _sample_digits(model: WhiteBox) -> torch.Tensor:
+    """The shipped sample digits, checked against the model's input shape."""
+    from salfw.zoo.samples import load_samples
+
+    images, _ = load_samples()
+    if model.input_shape is not None and tuple(images.shape[1:]) != tuple(model.input_shape):
+        raise InputError(f"the sample digits are {tuple(images.shape[1:])}, the model takes {model.input_shape}")
+    return images

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from .context import Context
-from .contracts import Method, Metric, ModelExplainer, Perturbation
+from .contracts import Composite, Method, Metric, ModelExplainer, Perturbation, PropagationRule
 from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
 from .explanation import Explanation
 from .guard import preserved
 from .models import Model, WhiteBox
-from .params import Component, parse_params, params_to_json
+from .params import Component, params_to_json, parse_params
 from .registry import get_registry
+
+_Class = TypeVar("_Class", bound=type)
 
 
 # -- registry views --------------------------------------------------------------
@@ -43,13 +45,37 @@ def model_explainers() -> dict[str, type]:
     return {k: e.obj for k, e in sorted(get_registry().table("model-explainer").items())}
 
 
+def rules() -> dict[str, type[PropagationRule]]:
+    """Registered relevance-propagation rules: name -> class (``salfw.sdk.propagation.Rule`` subclasses)."""
+    return {k: e.obj for k, e in sorted(get_registry().table("rule").items())}
+
+
+def composites() -> dict[str, type[Composite]]:
+    """Registered composites (layer -> rule assignments): name -> class."""
+    return {k: e.obj for k, e in sorted(get_registry().table("composite").items())}
+
+
 def component_params(kind: str, name: str) -> type:
     """The parameter declaration of a registered component (for nested settings like
     ``perturbation.sigma``)."""
     return get_registry().get(kind, name).Params
 
 
+def register(cls: _Class) -> _Class:
+    """Register a method, metric, perturbation, model loader, model explainer, propagation rule or
+    composite class in this process, so it is used by name like a packaged plugin's (a notebook
+    needs no package); also a decorator (``@salfw.register``). A name already registered is a
+    :class:`PluginError` naming both."""
+    return get_registry().register_class(cls)
+
+
+def unregister(name_or_class: str | type) -> None:
+    """Remove a class registered with :func:`register` (by its registered name or the class)."""
+    get_registry().unregister_class(name_or_class)
+
+
 def make_method(name: str, **params: Any) -> Method:
+    """A registered method with validated parameters (what :func:`explain` runs)."""
     cls = get_registry().get("method", name)
     return cls(parse_params(cls.Params, params, owner=f"method '{name}'", resolve=component_params))
 
@@ -65,7 +91,8 @@ def make_perturbation(spec: str | Component | Perturbation, **params: Any) -> Pe
     if isinstance(spec, Perturbation):
         return spec
     if isinstance(spec, Component):
-        spec, params = spec.name, {**spec.kwargs, **params}
+        params = {**spec.kwargs, **params}
+        spec = spec.name
     if not isinstance(spec, str):
         raise ParameterError(f"a perturbation is named by a string like 'black' or 'blur', got {spec!r}")
     cls = get_registry().get("perturbation", spec)
@@ -113,7 +140,7 @@ def as_batch(model: Model, x: Any) -> torch.Tensor:
     return x.detach().to(device=model.device, dtype=dtype).clone()
 
 
-def as_targets(target: Any, n: int, num_classes: int, predicted: torch.Tensor) -> torch.Tensor:
+def as_targets(target: Any, n: int, num_classes: int | None, predicted: torch.Tensor) -> torch.Tensor:
     """``None`` -> predicted classes; an int -> that class for all; a sequence -> one per sample."""
     if target is None:
         return predicted.clone()
@@ -136,6 +163,7 @@ def as_targets(target: Any, n: int, num_classes: int, predicted: torch.Tensor) -
             else:
                 raise TargetError(f"targets must be integer class indices, got dtype {t.dtype}")
         t = t.long()
+    assert num_classes is not None, "the model's class count is known after its first forward pass"
     if (t < 0).any() or (t >= num_classes).any():
         raise TargetError(f"target {t.tolist()} out of range: the model has {num_classes} classes "
                           f"(0..{num_classes - 1})")

@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -6,7 +6,8 @@ composites. Each declares its parameters once as a
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, overload
 
 import torch
 
@@ -23,7 +24,13 @@ class DeclaredParams:
     ``instance.params``: the validated values the instance was made with (set in ``__init__``,
     which shadows this non-data descriptor)."""
 
-    def __get__(self, instance: Any, owner: type) -> dict[str, dict[str, Any]]:
+    @overload
+    def __get__(self, instance: None, owner: type) -> dict[str, dict[str, Any]]: ...
+
+    @overload
+    def __get__(self, instance: object, owner: type) -> Any: ...  # the instance's own values shadow it
+
+    def __get__(self, instance: Any, owner: Any) -> Any:
         return {row["name"]: row for row in describe_params(owner.Params)}
 
 

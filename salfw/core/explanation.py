@@ -3,7 +3,8 @@
 ``attributions`` has the input's shape ((N, C, H, W) or (N, 1, H, W) for a
 channel-free map, (N, D) for vectors). ``heatmap()`` sums over channels, the
 convention of Captum's and Zennit's visualisations. ``save()`` writes the raw
-array, a PNG heatmap, an overlay on the input and the JSON metadata.
+array, a PNG heatmap, an overlay on the input and the JSON metadata. ``plot()``
+draws the maps on a matplotlib figure (``_repr_png_`` shows them in a notebook).
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .params import to_json
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
 KINDS = ("additive", "comparative", "mask")
+#: Rows of the picture a notebook shows for an explanation (``_repr_png_``).
+PREVIEW_ROWS = 8
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Explanation:
     attributions: torch.Tensor
     targets: torch.Tensor
@@ -41,6 +48,40 @@ class Explanation:
     def signed(self) -> bool:
         """Whether the map holds both signs (drawn with a diverging colour map)."""
         return bool((self.attributions < 0).any() and (self.attributions > 0).any())
+
+    def __repr__(self) -> str:
+        targets = self.targets.tolist()
+        shown = ", ".join(map(str, targets[:8])) + (f", ... ({len(targets)} in all)" if len(targets) > 8 else "")
+        seconds = self.meta.get("seconds")
+        timing = f", seconds={seconds:.3g}" if isinstance(seconds, (int, float)) else ""
+        return (f"Explanation(method={self.method!r}, kind={self.kind!r}, shape={tuple(self.attributions.shape)}, "
+                f"targets=[{shown}]{timing})")
+
+    def plot(self, ax: Axes | None = None, *, index: int = 0, max_rows: int | None = None) -> Figure | Axes:
+        """Draw the maps with matplotlib (no pyplot state is touched).
+
+        Without ``ax``: returns a new :class:`matplotlib.figure.Figure`, one row per sample (the
+        first ``max_rows``), the input beside its map. With ``ax``: draws sample ``index``'s map
+        into that axes and returns it.
+        """
+        from .render import draw_map, to_numpy
+
+        if ax is None:
+            return self._figure(max_rows)
+        draw_map(ax, to_numpy(self.heatmap()[index]), self.signed)
+        ax.set_title(f"{self.method} (class {self.targets[index].item()})", fontsize=8)
+        return ax
+
+    def _figure(self, max_rows: int | None) -> Figure:
+        from .render import grid_figure, row_labels
+
+        return grid_figure(self.inputs, {self.method: self}, self.input_range, row_labels(self), max_rows)
+
+    def _repr_png_(self) -> bytes:
+        """The maps as a PNG (the first :data:`PREVIEW_ROWS` samples), for notebooks."""
+        from .render import figure_png
+
+        return figure_png(self._figure(PREVIEW_ROWS))
 
     def to_json(self) -> dict:
         return {"method": self.method, "kind": self.kind, "params": to_json(self.params),

@@ -91,6 +91,6 @@ def same_fingerprint(a: dict, b: dict) -> bool:
         if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
             return isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and torch.equal(x, y)
         if isinstance(x, (list, tuple)):
-            return len(x) == len(y) and all(same(i, j) for i, j in zip(x, y))
+            return len(x) == len(y) and all(same(i, j) for i, j in zip(x, y, strict=True))
         return x == y
     return all(same(a[k], b[k]) for k in a)

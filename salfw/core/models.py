@@ -16,14 +16,15 @@ explanation can say what it cost.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from .context import count, count_backward_through
-from .errors import InputError, ModelError, ParameterError
+from .errors import ModelError, ParameterError
 from .preprocessing import Preprocessing
 
 

@@ -52,7 +52,7 @@ def param(default: Any, help: str, *, choices: typing.Sequence | None = None,
 OUTPUTS = ("probabilities", "logits")
 
 
-def samples(default: int, help: str = "random samples drawn", *, low: int = 1) -> Any:
+def samples(default: int | None, help: str = "random samples drawn", *, low: int = 1) -> Any:
     """The number of random samples (perturbed inputs, masks, noisy copies, coalitions)."""
     return param(default, help, low=low)
 
@@ -133,10 +133,13 @@ class Component:
         return dict(self.settings)
 
 
-def component(default: str, kind: str, help: str) -> Any:
+def component(default: str, kind: str, help: str, *, special: typing.Sequence[str] = ()) -> Any:
     """Declare a field naming a registered ``kind`` ("perturbation" or "method"); its settings are
-    given as ``FIELD.KEY=value`` (``perturbation.sigma=2``) or as ``{"name": ..., KEY: value}``."""
-    meta = {"help": help, "choices": None, "low": None, "high": None, "component": kind}
+    given as ``FIELD.KEY=value`` (``perturbation.sigma=2``) or as ``{"name": ..., KEY: value}``.
+    ``special`` names values without settings that the method handles itself (lime's
+    ``superpixel-mean`` fill), accepted besides the registered names."""
+    meta = {"help": help, "choices": None, "low": None, "high": None, "component": kind,
+            "special": tuple(special)}
     return dataclasses.field(default=Component(default), metadata=meta)
 
 
@@ -249,7 +252,7 @@ def _check_constraints(field: dataclasses.Field, value):
             raise ParameterError(f"parameter '{field.name}' must be <= {meta['high']}, got {v!r}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hints(params_cls: type) -> dict[str, Any]:
     """Resolved field types of a declaration (evaluating string annotations once per class)."""
     return typing.get_type_hints(params_cls)
@@ -291,7 +294,7 @@ def parse_params(params_cls: type, given: dict[str, Any], *, owner: str = "metho
     for name in sorted({n for n in plain if fields[n].metadata.get("component")} | set(nested)):
         default = fields[name].default
         values[name] = _component(name, fields[name].metadata["component"], plain.get(name, default),
-                                  nested.get(name, {}), owner, resolve)
+                                  nested.get(name, {}), owner, resolve, fields[name].metadata.get("special", ()))
     return params_cls(**values)
 
 
@@ -308,7 +311,7 @@ def _unknown_message(unknown: list[str], fields: dict, owner: str) -> str:
 
 
 def _component(name: str, kind: str, value: Any, settings: dict[str, Any], owner: str,
-               resolve: Resolver | None) -> Component:
+               resolve: Resolver | None, special: tuple[str, ...] = ()) -> Component:
     """A :class:`Component` from a name, a ``{"name": ...}`` dict or a Component, plus nested settings."""
     if isinstance(value, Component):
         chosen, base = value.name, value.kwargs
@@ -322,6 +325,10 @@ def _component(name: str, kind: str, value: Any, settings: dict[str, Any], owner
         raise ParameterError(f"parameter '{name}' names a {kind}: a string such as 'black', "
                              f"or {{'name': ..., <its settings>}}; got {value!r}")
     merged = {**base, **settings}
+    if chosen in special:
+        if merged:
+            raise ParameterError(f"{name} '{chosen}' of {owner} takes no settings, got {', '.join(merged)}")
+        return Component(chosen)
     if resolve is None:
         if merged:
             raise ParameterError(f"settings {', '.join(f'{name}.{k}' for k in merged)} of {owner} cannot be "

@@ -14,7 +14,7 @@ Order of operations, as in the thesis and then torchvision's ``Normalize``::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -53,7 +53,14 @@ class Preprocessing(nn.Module):
 
     @property
     def is_identity(self) -> bool:
-        return bool((self.a == 1).all() and (self.b == 0).all())
+        a, b = self.buffer("a"), self.buffer("b")
+        return bool(torch.all(a == 1) and torch.all(b == 0))
+
+    def buffer(self, name: str) -> torch.Tensor:
+        """The per-channel factor ``a`` or offset ``b`` (``y = a·x + b``)."""
+        value = getattr(self, name)
+        assert isinstance(value, torch.Tensor)
+        return value
 
     def _shaped(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         t = t.to(device=x.device, dtype=x.dtype)
@@ -64,7 +71,7 @@ class Preprocessing(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_identity:
             return x
-        return x * self._shaped(self.a, x) + self._shaped(self.b, x)
+        return x * self._shaped(self.buffer("a"), x) + self._shaped(self.buffer("b"), x)
 
     def bounds(self, input_range: tuple[float, float], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Lowest and highest value each network input can take, shaped to broadcast with ``like``.
@@ -72,6 +79,6 @@ class Preprocessing(nn.Module):
         With a negative factor (invert, negative scale) the bounds swap, per channel.
         """
         lo, hi = input_range
-        y_lo, y_hi = self._shaped(self.a, like) * lo + self._shaped(self.b, like), \
-            self._shaped(self.a, like) * hi + self._shaped(self.b, like)
+        a, b = self._shaped(self.buffer("a"), like), self._shaped(self.buffer("b"), like)
+        y_lo, y_hi = a * lo + b, a * hi + b
         return torch.minimum(y_lo, y_hi), torch.maximum(y_lo, y_hi)

@@ -19,13 +19,22 @@ import dataclasses
 import importlib.metadata
 import os
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .contracts import (NAME_PATTERN, Composite, Method, Metric, ModelExplainer, ModelLoader, Perturbation,
-                        PropagationRule)
+from .contracts import (
+    NAME_PATTERN,
+    Composite,
+    Method,
+    Metric,
+    ModelExplainer,
+    ModelLoader,
+    Perturbation,
+    PropagationRule,
+)
 from .errors import PluginError, UnknownNameError
 from .explanation import KINDS
 
@@ -78,10 +87,11 @@ def _check_class(kind: str, obj: Any, base: type, key: str) -> str:
     if params is not None and not dataclasses.is_dataclass(params):
         raise PluginError(f"{kind} '{name}': Params must be a dataclass")
     if kind == "method":
-        if obj.box not in ("white", "black"):
-            raise PluginError(f"method '{name}': box must be 'white' or 'black', got {obj.box!r}")
-        if obj.kind not in KINDS:
-            raise PluginError(f"method '{name}': kind must be one of {', '.join(KINDS)}, got {obj.kind!r}")
+        box, explanation_kind = getattr(obj, "box", None), getattr(obj, "kind", None)
+        if box not in ("white", "black"):
+            raise PluginError(f"method '{name}': box must be 'white' or 'black', got {box!r}")
+        if explanation_kind not in KINDS:
+            raise PluginError(f"method '{name}': kind must be one of {', '.join(KINDS)}, got {explanation_kind!r}")
     return name
 
 
@@ -138,6 +148,41 @@ class Registry:
         if plugin is not None:
             self.pm.unregister(plugin)
         self.plugins.pop(name, None)
+
+    def register_class(self, obj: Any) -> Any:
+        """Register one class in-process (``salfw.register``), as a plugin of its own named
+        ``KIND:NAME`` (shown by ``salfw list plugins``); the registry type follows from its base
+        class. Returns the class, so this works as a decorator."""
+        kinds = [kind for kind, (_, base, _) in TYPES.items() if isinstance(obj, type) and issubclass(obj, base)]
+        if len(kinds) != 1:
+            bases = ", ".join(base.__name__ for _, base, _ in TYPES.values())
+            raise PluginError(f"salfw.register takes a subclass of one of salfw.core.contracts' {bases}; "
+                              f"got {obj!r}")
+        kind = kinds[0]
+        hook, base, key = TYPES[kind]
+        name = _check_class(kind, obj, base, key)
+        taken = self.table(kind).get(name)
+        if taken is not None:
+            raise PluginError(f"{kind} '{name}' is registered by both plugin '{taken.plugin}' and "
+                              f"salfw.register({obj.__module__}.{obj.__qualname__}); unregister one or rename")
+        plugin = plugin_namespace(**{hook: lambda register: register(obj)})
+        plugin.__name__ = f"{obj.__module__}.{obj.__qualname__}"
+        self.register_plugin(plugin, f"{kind}:{name}")
+        return obj
+
+    def unregister_class(self, target: Any) -> None:
+        """Remove what :meth:`register_class` registered, given the class or its registered name."""
+        self.ensure_loaded()
+        found = [e for table in self.entries.values() for e in table.values()
+                 if (e.obj is target if isinstance(target, type) else e.name == target)]
+        if not found:
+            raise UnknownNameError(f"{getattr(target, '__name__', target)!r} is not registered")
+        own = [e for e in found if e.plugin == f"{e.type}:{e.name}"]
+        if not own:
+            raise PluginError(f"{found[0].type} '{found[0].name}' comes from plugin '{found[0].plugin}', not from "
+                              f"salfw.register(); disable a plugin with SALFW_DISABLE_PLUGINS")
+        for entry in own:
+            self.unregister_plugin(entry.plugin)
 
     def _register(self, plugin: Any, name: str, module_name: str, dist: str | None, version: str | None,
                   raise_errors: bool) -> None:
