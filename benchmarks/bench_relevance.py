@@ -16,15 +16,17 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import best_times
+
 import salfw  # noqa: E402
 from tests.oracles import import_zennit  # noqa: E402
-from timing import best_times
 
 
 def same_shaped(name):
@@ -53,6 +55,32 @@ def load(name, batch):
     return model, x
 
 
+def zennit_relevance(net, make_composite, x, targets):
+    """Zennit's relevance for ``targets`` with a fresh composite (as one explanation would)."""
+    from zennit.attribution import Gradient
+
+    with Gradient(model=net, composite=make_composite()) as attributor:
+        attributor(x, lambda out: out * torch.eye(out.shape[1])[targets])
+
+
+def captum_deeplift(net, x, baseline, targets):
+    from captum.attr import DeepLift
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return DeepLift(net).attribute(x, baseline, target=targets)
+
+
+def deep_taylor_composite(low, high):
+    """Zennit's equivalent of salfw's ``deep-taylor``: z^B in the first layer, z+ above."""
+    from zennit.composites import SpecialFirstLayerMapComposite, layer_map_base
+    from zennit.rules import ZBox, ZPlus
+    from zennit.types import Linear as AnyLinear
+
+    return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(AnyLinear, ZPlus())],
+                                         first_map=[(AnyLinear, ZBox(low, high))])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
@@ -60,11 +88,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(1)
     import_zennit()  # zennit needs a torchvision stand-in here
-    from captum.attr import DeepLift
-    from zennit.attribution import Gradient
-    from zennit.composites import EpsilonGammaBox, EpsilonPlus, SpecialFirstLayerMapComposite, layer_map_base
-    from zennit.rules import ZBox, ZPlus
-    from zennit.types import Linear as AnyLinear
+    from zennit.composites import EpsilonGammaBox, EpsilonPlus
 
     rows = []
     for name in ("mnist-mlp", "mnist-cnn"):
@@ -73,26 +97,18 @@ def main():
         net = model.network()
         low, high = model.preprocessing.bounds(model.input_range, x)
         cases = [
-            ("deep-taylor", {}, lambda: SpecialFirstLayerMapComposite(
-                layer_map=layer_map_base() + [(AnyLinear, ZPlus())], first_map=[(AnyLinear, ZBox(low, high))])),
+            ("deep-taylor", {}, partial(deep_taylor_composite, low, high)),
             ("lrp", {"composite": "epsilon-plus"}, EpsilonPlus),
-            ("lrp", {"composite": "epsilon-gamma-box"}, lambda: EpsilonGammaBox(low, high)),
+            ("lrp", {"composite": "epsilon-gamma-box"}, partial(EpsilonGammaBox, low, high)),
         ]
         for method, params, composite in cases:
-            def peer():
-                with Gradient(model=net, composite=composite()) as attributor:
-                    attributor(x, lambda out: out * torch.eye(out.shape[1])[targets])
-
             ours, theirs = best_times(
-                [lambda: salfw.explain(method, model, x, target=targets, batch_size=args.batch, **params), peer],
-                args.repeats)
+                [partial(salfw.explain, method, model, x, target=targets, batch_size=args.batch, **params),
+                 partial(zennit_relevance, net, composite, x, targets)], args.repeats)
             rows.append((name, f"{method} {params.get('composite', '')}".strip(), "zennit", ours, theirs))
-        baseline = torch.zeros_like(x)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ours, theirs = best_times(
-                [lambda: salfw.explain("deeplift", model, x, target=targets, batch_size=args.batch),
-                 lambda: DeepLift(net).attribute(x, baseline, target=targets)], args.repeats)
+        ours, theirs = best_times(
+            [partial(salfw.explain, "deeplift", model, x, target=targets, batch_size=args.batch),
+             partial(captum_deeplift, net, x, torch.zeros_like(x), targets)], args.repeats)
         rows.append((name, "deeplift", "captum", ours, theirs))
 
     print(f"batch {args.batch}, 1 thread, best of {args.repeats}")

@@ -20,8 +20,14 @@ captum = pytest.importorskip("captum")
 from captum.attr import DeepLift  # noqa: E402
 from zennit.attribution import Gradient  # noqa: E402
 from zennit.canonizers import NamedMergeBatchNorm  # noqa: E402
-from zennit.composites import (EpsilonAlpha2Beta1, EpsilonGammaBox, EpsilonPlus, EpsilonPlusFlat,  # noqa: E402
-                               SpecialFirstLayerMapComposite, layer_map_base)
+from zennit.composites import (  # noqa: E402
+    EpsilonAlpha2Beta1,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    SpecialFirstLayerMapComposite,
+    layer_map_base,
+)
 from zennit.layer import Sum  # noqa: E402
 from zennit.rules import ZBox, ZPlus  # noqa: E402
 from zennit.types import Linear as AnyLinear  # noqa: E402

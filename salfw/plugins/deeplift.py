@@ -17,26 +17,30 @@ engine's graph of the module is run (:class:`salfw.sdk.propagation.engine.Networ
 BatchNorm kept as it is); the user's module is neither copied nor changed. A
 functional ``F.relu`` is not a module to replace and is refused.
 
-The reference (baseline) is chosen as for integrated gradients: a perturbation
-name (``black`` -- the default, the paper's all-zero reference for [0, 1] images
--- ``white``, ``mean``, ``blur``, ``uniform-noise``, ...) filling the whole input,
-or a tensor shaped like one sample or like the batch. Local explanation.
+The reference (baseline) is resolved by :func:`salfw.sdk.reference.reference`, as
+for integrated gradients: a perturbation name (``black`` -- the default, the
+paper's all-zero reference for [0, 1] images -- ``white``, ``mean``, ``blur``,
+``uniform-noise``, ...) filling the whole input (random fills drawn from the
+call's CPU generator), a number, or a tensor shaped like one sample or like the
+batch. Local explanation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from salfw.core.api import make_perturbation
-from salfw.core.context import count
+from salfw.core.context import Context, count
 from salfw.core.contracts import Method
-from salfw.core.errors import InputError, ModelRequirementError, ParameterError
+from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.propagation.engine import network_for
+from salfw.core.models import Model
+from salfw.core.params import baseline, batch_size
+from salfw.sdk.propagation import Network
+from salfw.sdk.reference import reference
 
 EPS = 1e-10  # Captum's threshold for |x − x̄| below which the gradient is used
 
@@ -102,24 +106,6 @@ def _rescale_maxpool(x, module):
     return _RescaleMaxPool.apply(x, module)
 
 
-def baseline_for(spec, x: torch.Tensor, input_range, seed: int) -> torch.Tensor:
-    """The reference input: a perturbation's fill over the whole input, or a user tensor."""
-    if isinstance(spec, str):
-        generator = torch.Generator(device=x.device).manual_seed(seed)
-        fill = make_perturbation(spec).fill(x, input_range, generator)
-        return torch.broadcast_to(fill, x.shape).to(x.dtype)
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return torch.full_like(x, float(spec))
-    if isinstance(spec, torch.Tensor):
-        b = spec.to(device=x.device, dtype=x.dtype)
-        if b.shape == x.shape or b.shape == x.shape[1:]:
-            return torch.broadcast_to(b, x.shape)
-        raise InputError(f"baseline tensor must be shaped like one sample {tuple(x.shape[1:])} or like the batch "
-                         f"{tuple(x.shape)}; got {tuple(b.shape)}")
-    raise ParameterError(f"baseline must be a perturbation name (black, white, mean, blur, uniform-noise, ...), "
-                         f"a number or a tensor; got {spec!r}")
-
-
 class DeepLift(Method):
     name = "deeplift"
     box = "white"
@@ -130,36 +116,35 @@ class DeepLift(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        baseline: object = param("black", "reference input: a perturbation name (black, white, mean, blur, "
-                                           "uniform-noise, ...), a number or a tensor")
-        batch_size: int = param(64, "samples per forward/backward pass", low=1)
+        baseline: object = baseline("black", "reference input: a perturbation name (black, white, mean, blur, "
+                                             "uniform-noise, ...), a number or a tensor")
+        batch_size: int = batch_size(64, "samples per forward/backward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
-        net = network_for(self, model, keep=True, fold=False)  # refuses unsupported layers, names them
+        net = Network(model, self.name, fold=False)  # refuses unsupported layers, names them
         for node in net.nodes:
             if node.op in ("call_function", "call_method") and getattr(node.target, "__name__", node.target) == "relu":
                 raise ModelRequirementError(
                     f"'deeplift' replaces the derivative of nn.ReLU modules; the functional relu in node "
-                    f"'{node.name}' of {type(model.module).__name__}.forward cannot be replaced (use nn.ReLU)")
+                    f"'{node.name}' of {type(net.model.module).__name__}.forward cannot be replaced (use nn.ReLU)")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        baseline = baseline_for(self.params.baseline, x, model.input_range, seed)
-        net = network_for(self, model, fold=False)
-        size = self.params.batch_size
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+        baseline = reference(self.params.baseline, x, model.input_range, ctx.generator).expand_as(x)
+        net = Network(model, self.name, fold=False)
         out = []
-        for i in range(0, x.shape[0], size):
-            xs, bs, ts = x[i:i + size], baseline[i:i + size], targets[i:i + size]
+        for sl in ctx.batches(x.shape[0], self.params.batch_size):
+            xs, bs, ts = x[sl], baseline[sl], targets[sl]
             n = xs.shape[0]
             with torch.enable_grad():
                 both = torch.cat([xs, bs]).detach().requires_grad_(True)
-                _env, logits = net.forward(model.preprocessing(both), relu=_RescaleReLU.apply,
+                _env, logits = net.forward(net.model.preprocessing(both), relu=_RescaleReLU.apply,
                                            maxpool=_rescale_maxpool)
                 logits = logits.reshape(2 * n, -1)
                 selected = logits.gather(1, torch.cat([ts, ts]).view(-1, 1)).sum()
                 (grad,) = torch.autograd.grad(selected, both)
-            count(forward=2 * n, backward=2 * n)
+            count(forward=2 * n, backward=2 * n)  # the engine runs the network, not model.forward
             out.append((xs - bs) * grad[:n])
         return torch.cat(out), {"baseline": baseline}
 

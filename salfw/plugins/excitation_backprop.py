@@ -22,21 +22,17 @@ Denominators get a 1e-6 stabiliser (Zennit's convention). Local explanation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from salfw.core.context import count
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.propagation.engine import network_for
-from salfw.sdk.propagation.rules import Excitation
-
-
-def _unit_start(targets):
-    def start(logits):
-        return torch.zeros_like(logits).scatter_(1, targets.view(-1, 1).to(logits.device), 1.0)
-    return start
+from salfw.core.models import Model
+from salfw.core.params import batch_size, param
+from salfw.sdk.propagation import Excitation, Network, propagate_batches, unit_start
 
 
 class ExcitationBackprop(Method):
@@ -51,33 +47,23 @@ class ExcitationBackprop(Method):
     @dataclasses.dataclass(frozen=True)
     class Params:
         stabilizer: float = param(1e-6, "added to denominators (with their sign) for safe division", low=0.0)
-        batch_size: int = param(64, "samples per propagation", low=1)
+        batch_size: int = batch_size(64, "samples per propagation")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
-        network_for(self, model, keep=True)
+        Network(model, self.name)  # refuses an unsupported layer before anything runs
 
-    def _map(self, model, net, x, targets, rules):
-        out = []
-        p = self.params
-        for i in range(0, x.shape[0], p.batch_size):
-            chunk = x[i:i + p.batch_size]
-            relevance, _logits, _layers = net.propagate(model.preprocessing(chunk),
-                                                        _unit_start(targets[i:i + p.batch_size]), rules, p.stabilizer)
-            count(forward=chunk.shape[0], backward=chunk.shape[0])
-            out.append(relevance.reshape(chunk.shape))
-        return torch.cat(out)
-
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        net = network_for(self, model)
-        rules = {layer.path: Excitation(self.params.stabilizer) for layer in net.layers}
-        target_map = self._map(model, net, x, targets, rules)
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        stabilizer, size = self.params.stabilizer, self.params.batch_size
+        net = Network(model, self.name)
+        rules = {layer.path: Excitation(stabilizer) for layer in net.layers}
+        target_map, _ = propagate_batches(net, x, targets, rules, ctx, stabilizer, unit_start, size)
         if not self.contrastive or not net.layers:
             return target_map
         dual = dict(rules)
-        dual[net.layers[-1].path] = Excitation(self.params.stabilizer, negate=True)
-        dual_map = self._map(model, net, x, targets, dual)
+        dual[net.layers[-1].path] = Excitation(stabilizer, negate=True)
+        dual_map, _ = propagate_batches(net, x, targets, dual, ctx, stabilizer, unit_start, size)
         return target_map - dual_map, {"target_map": target_map, "dual_map": dual_map}
 
 
@@ -89,6 +75,6 @@ class ContrastiveExcitationBackprop(ExcitationBackprop):
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Callable[[type], type]) -> None:
     register(ExcitationBackprop)
     register(ContrastiveExcitationBackprop)

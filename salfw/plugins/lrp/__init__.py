@@ -1,22 +1,31 @@
-"""Relevance propagation: ``lrp`` and ``deep-taylor``.
-
-The engine (:mod:`.engine`) walks any module made of Linear, Conv2d, ReLU,
-pooling, Flatten, Dropout, BatchNorm (folded into new weight tensors; the
-user's module is never changed) and additions; the rules
-(:mod:`.rules`) and composites (:mod:`.composites`) live in plain registries a
-plugin extends with :func:`register_rule` and :func:`register_composite`.
+"""Relevance propagation: the ``lrp`` and ``deep-taylor`` methods, and the built-in rules and
+composites of :mod:`salfw.sdk.propagation`, registered through the same hooks a third-party
+plugin implements (``salfw_register_rules``, ``salfw_register_composites``).
 """
 
+from collections.abc import Callable
+
 from salfw.core.hookspecs import hookimpl
+from salfw.sdk.propagation import BUILTIN_COMPOSITES, BUILTIN_RULES
 
-from salfw.sdk.propagation.composites import COMPOSITES, register_composite
 from .methods import LRP, DeepTaylor
-from salfw.sdk.propagation.rules import RULES, Rule, Settings, register_rule
 
-__all__ = ["COMPOSITES", "RULES", "LRP", "DeepTaylor", "Rule", "Settings", "register_composite", "register_rule"]
+__all__ = ["LRP", "DeepTaylor"]
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Callable[[type], type]) -> None:
     register(LRP)
     register(DeepTaylor)
+
+
+@hookimpl
+def salfw_register_rules(register: Callable[[type], type]) -> None:
+    for rule in BUILTIN_RULES:
+        register(rule)
+
+
+@hookimpl
+def salfw_register_composites(register: Callable[[type], type]) -> None:
+    for composite in BUILTIN_COMPOSITES:
+        register(composite)

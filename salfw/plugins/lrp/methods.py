@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from salfw.core.context import count
+from salfw.core.context import Context
 from salfw.core.contracts import Method
-from salfw.core.params import param
-
-from salfw.sdk.propagation.composites import resolve
-from salfw.sdk.propagation.engine import Network, layer_sums, network_for, one_hot_start
-from salfw.sdk.propagation.rules import Rule, Settings, make_rule
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, param
+from salfw.sdk.propagation import Network, Rule, Settings, ZPlus, layer_sums, make_rule, propagate_batches, resolve
 
 
-def propagate_batches(model, net: Network, x: torch.Tensor, targets: torch.Tensor,
-                      rules: dict[str, Rule], stabilizer: float, batch_size: int, start=one_hot_start
-                      ) -> tuple[torch.Tensor, list[dict]]:
-    """Input relevance for ``x`` in chunks, with per-layer sums concatenated over the chunks."""
-    outs, diags = [], []
-    for i in range(0, x.shape[0], batch_size):
-        chunk, t = x[i:i + batch_size], targets[i:i + batch_size]
-        relevance, _logits, layers = net.propagate(model.preprocessing(chunk), start(t), rules, stabilizer)
-        count(forward=chunk.shape[0], backward=chunk.shape[0])
-        outs.append(relevance.reshape(chunk.shape))
-        diags.append(layers)
-    merged = [dict(d, relevance_out=torch.cat([c[j]["relevance_out"] for c in diags]),
-                   relevance_in=torch.cat([c[j]["relevance_in"] for c in diags]))
-              for j, d in enumerate(diags[0])]
-    return torch.cat(outs), merged
-
-
-def network_bounds(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def network_bounds(model: WhiteBox, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The box of the network input: the model's ``input_range`` mapped through its preprocessing."""
     return model.preprocessing.bounds(model.input_range, x)
 
@@ -43,13 +25,14 @@ class LRP(Method):
 
     The target's logit is the relevance at the output; each Linear/Conv2d layer
     redistributes it to its inputs by its rule (see :mod:`salfw.sdk.propagation.rules`),
-    chosen by a composite (Zennit's definitions; default ``epsilon-plus``: z-plus
-    for convolutions, epsilon for dense layers) and optionally overridden per layer
-    with ``rules="features.0=z-box;classifier.*=epsilon"``. The z-box bounds are the
-    model's input range mapped through its preprocessing. Rule constants default to
-    Zennit's (ε = 1e-6, γ = 0.25, α = 2, β = 1, stabiliser 1e-6). ``meta["layers"]``
-    gives the relevance sums at each layer's output and input and what its bias
-    absorbed (conservation diagnostics). Local explanation.
+    chosen by a registered composite (Zennit's definitions; default ``epsilon-plus``:
+    z-plus for convolutions, epsilon for dense layers) and optionally overridden per
+    layer with ``rules="features.0=z-box;classifier.*=epsilon"``, naming registered
+    rules. The z-box bounds are the model's input range mapped through its
+    preprocessing. Rule constants default to Zennit's (ε = 1e-6, γ = 0.25, α = 2,
+    β = 1, stabiliser 1e-6) and keep Zennit's names. ``meta["layers"]`` gives the
+    relevance sums at each layer's output and input and what its bias absorbed
+    (conservation diagnostics). Local explanation.
     """
 
     name = "lrp"
@@ -70,20 +53,20 @@ class LRP(Method):
         alpha: float = param(2.0, "alpha of the alpha-beta rule (alpha - beta = 1)", low=0.0)
         beta: float = param(1.0, "beta of the alpha-beta rule", low=0.0)
         stabilizer: float = param(1e-6, "added to denominators (with their sign) for safe division", low=0.0)
-        batch_size: int = param(64, "samples per propagation", low=1)
+        batch_size: int = batch_size(64, "samples per propagation")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
-        network_for(self, model, keep=True)
+        Network(model, self.name)  # refuses an unsupported layer before anything runs
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        net = network_for(self, model)
-        low, high = network_bounds(model, x)
+        net = Network(model, self.name)
+        low, high = network_bounds(net.model, x)
         settings = Settings(p.epsilon, p.gamma, p.alpha, p.beta, p.stabilizer, low, high)
         rules = resolve(net.layers, p.composite, p.rules, settings)
-        relevance, layers = propagate_batches(model, net, x, targets, rules, p.stabilizer, p.batch_size)
+        relevance, layers = propagate_batches(net, x, targets, rules, ctx, p.stabilizer, size=p.batch_size)
         return relevance, {"layers": layer_sums(layers), "relevance_sum": relevance.flatten(1).sum(1).tolist()}
 
 
@@ -116,35 +99,35 @@ class DeepTaylor(Method):
                                          "w-square (unbounded) or z-plus", choices=("z-box", "w-square", "z-plus"))
         all_outputs: bool = param(False, "decompose every class; maps in meta['all_outputs']")
         stabilizer: float = param(1e-6, "added to denominators (with their sign) for safe division", low=0.0)
-        batch_size: int = param(64, "samples per propagation", low=1)
+        batch_size: int = batch_size(64, "samples per propagation")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
-        network_for(self, model, keep=True)
+        Network(model, self.name)  # refuses an unsupported layer before anything runs
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        net = network_for(self, model)
-        low, high = network_bounds(model, x)
+        net = Network(model, self.name)
+        low, high = network_bounds(net.model, x)
         settings = Settings(stabilizer=p.stabilizer, low=low, high=high)
-        rules = {layer.path: make_rule("z-plus", settings) for layer in net.layers}
+        rules: dict[str, Rule] = {layer.path: ZPlus.from_settings(settings) for layer in net.layers}
         if net.layers:
             rules[net.layers[0].path] = make_rule(p.first_rule, settings)
-        meta = {}
+        meta: dict[str, Any] = {}
         if p.all_outputs:
             k = model.num_classes or model.scores(x[:1]).shape[1]
             n = x.shape[0]
             xs = x.repeat_interleave(k, 0)
             ts = torch.arange(k, device=x.device).repeat(n)
-            every, layers = propagate_batches(model, net, xs, ts, rules, p.stabilizer, p.batch_size * k)
+            every, layers = propagate_batches(net, xs, ts, rules, ctx, p.stabilizer, size=p.batch_size * k)
             every = every.reshape(n, k, *x.shape[1:])
-            relevance = every[torch.arange(n, device=x.device), targets]
+            rows = torch.arange(n, device=x.device)
+            relevance = every[rows, targets]
             meta["all_outputs"] = every
-            layers = [dict(d, relevance_out=d["relevance_out"].reshape(n, k)[torch.arange(n, device=x.device), targets],
-                           relevance_in=d["relevance_in"].reshape(n, k)[torch.arange(n, device=x.device), targets])
-                      for d in layers]
+            layers = [dict(d, relevance_out=d["relevance_out"].reshape(n, k)[rows, targets],
+                           relevance_in=d["relevance_in"].reshape(n, k)[rows, targets]) for d in layers]
         else:
-            relevance, layers = propagate_batches(model, net, x, targets, rules, p.stabilizer, p.batch_size)
+            relevance, layers = propagate_batches(net, x, targets, rules, ctx, p.stabilizer, size=p.batch_size)
         meta.update(layers=layer_sums(layers), relevance_sum=relevance.flatten(1).sum(1).tolist())
         return relevance, meta

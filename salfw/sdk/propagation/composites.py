@@ -12,9 +12,13 @@ definitions; the "first layer" is the first Linear/Conv2d in execution order
 ``deep-taylor``           first Linear/Conv2d: z-box; all others: z-plus (Montavon et al. 2017)
 ========================  ========================================================================
 
-A composite is a function ``composite(layers) -> {path: rule}`` taking the
-network's :class:`~.engine.LayerInfo` list, a rule being a registered name, a
-:class:`~.rules.Rule` instance or a factory ``factory(settings) -> Rule``. :func:`register_composite` adds one.
+A composite is a :class:`~salfw.core.contracts.Composite` subclass with a
+kebab-case ``name``, a ``summary`` and ``rules(layers) -> {path: rule}``, taking
+the network's :class:`~.engine.LayerInfo` list; a rule is a registered name, a
+:class:`~.rules.Rule` subclass (configured with its ``from_settings``) or a
+configured instance (see :data:`~.rules.RuleSpec`). Composites are registered
+through the ``salfw_register_composites`` hook (the built-in ones by
+``salfw.plugins.lrp``).
 
 A per-layer mapping is a string ``"pattern=rule;pattern=rule"`` whose patterns
 are layer paths with shell wildcards (``features.0=z-box;classifier.*=epsilon``);
@@ -24,12 +28,13 @@ the first matching pattern wins and overrides the composite.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
 
-from salfw.core.errors import ParameterError, UnknownNameError
+from salfw.core.contracts import Composite
+from salfw.core.errors import ParameterError
+from salfw.core.registry import get_registry
 
 from .engine import LayerInfo
-from .rules import AlphaBeta, Rule, Settings, make_rule
+from .rules import AlphaBeta, Rule, RuleSpec, Settings, make_rule
 
 
 def _first(layers: list[LayerInfo], conv_only: bool = False) -> str | None:
@@ -39,54 +44,71 @@ def _first(layers: list[LayerInfo], conv_only: bool = False) -> str | None:
     return None
 
 
-def epsilon_plus(layers):
-    return {l.path: "z-plus" if l.is_conv else "epsilon" for l in layers}
+class EpsilonPlus(Composite):
+    name = "epsilon-plus"
+    summary = "Conv2d: z-plus; Linear: epsilon (Zennit's EpsilonPlus; Kohlbrenner et al. 2020)"
+
+    def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
+        return {l.path: "z-plus" if l.is_conv else "epsilon" for l in layers}
 
 
-def epsilon_plus_flat(layers):
-    rules = epsilon_plus(layers)
-    first = _first(layers)
-    if first is not None:
-        rules[first] = "flat"
-    return rules
+class EpsilonPlusFlat(Composite):
+    name = "epsilon-plus-flat"
+    summary = "first layer: flat; other Conv2d: z-plus; Linear: epsilon (Zennit's EpsilonPlusFlat)"
+
+    def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
+        rules = EpsilonPlus().rules(layers)
+        first = _first(layers)
+        if first is not None:
+            rules[first] = "flat"
+        return rules
 
 
-def epsilon_gamma_box(layers):
-    rules = {l.path: "gamma" if l.is_conv else "epsilon" for l in layers}
-    first = _first(layers, conv_only=True)
-    if first is not None:
-        rules[first] = "z-box"
-    return rules
+class EpsilonGammaBox(Composite):
+    name = "epsilon-gamma-box"
+    summary = "first Conv2d: z-box; other Conv2d: gamma; Linear: epsilon (Zennit's EpsilonGammaBox; " \
+              "Montavon et al. 2019)"
+
+    def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
+        rules: dict[str, RuleSpec] = {l.path: "gamma" if l.is_conv else "epsilon" for l in layers}
+        first = _first(layers, conv_only=True)
+        if first is not None:
+            rules[first] = "z-box"
+        return rules
 
 
-def epsilon_alpha2_beta1(layers):
-    fixed = lambda s: AlphaBeta(2.0, 1.0, s.stabilizer)  # α, β fixed by the composite's name
-    return {l.path: fixed if l.is_conv else "epsilon" for l in layers}
+class AlphaTwoBetaOne(AlphaBeta):
+    """The alpha-beta rule with α = 2 and β = 1 whatever the method's alpha and beta
+    (the numbers are in the composite's name)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlphaTwoBetaOne:
+        return cls(2.0, 1.0, settings.stabilizer)
 
 
-def deep_taylor(layers):
-    rules = {l.path: "z-plus" for l in layers}
-    first = _first(layers)
-    if first is not None:
-        rules[first] = "z-box"
-    return rules
+class EpsilonAlpha2Beta1(Composite):
+    name = "epsilon-alpha2-beta1"
+    summary = "Conv2d: alpha-beta with α = 2, β = 1; Linear: epsilon (Zennit's EpsilonAlpha2Beta1)"
+
+    def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
+        return {l.path: AlphaTwoBetaOne if l.is_conv else "epsilon" for l in layers}
 
 
-#: composite name -> function(layers) -> {path: rule name, Rule or factory}
-COMPOSITES: dict[str, Callable[[list[LayerInfo]], dict]] = {
-    "epsilon-plus": epsilon_plus,
-    "epsilon-plus-flat": epsilon_plus_flat,
-    "epsilon-gamma-box": epsilon_gamma_box,
-    "epsilon-alpha2-beta1": epsilon_alpha2_beta1,
-    "deep-taylor": deep_taylor,
-}
+class DeepTaylorComposite(Composite):
+    name = "deep-taylor"
+    summary = "first layer: z-box; all others: z-plus (Montavon et al. 2017)"
+
+    def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
+        rules: dict[str, RuleSpec] = {l.path: "z-plus" for l in layers}
+        first = _first(layers)
+        if first is not None:
+            rules[first] = "z-box"
+        return rules
 
 
-def register_composite(name: str, composite: Callable[[list[LayerInfo]], dict]) -> None:
-    """Add a composite under ``name``; a name already taken is an error."""
-    if name in COMPOSITES:
-        raise ParameterError(f"an LRP composite named '{name}' is already registered")
-    COMPOSITES[name] = composite
+#: The built-in composites, registered by ``salfw.plugins.lrp``.
+BUILTIN_COMPOSITES: tuple[type[Composite], ...] = (EpsilonPlus, EpsilonPlusFlat, EpsilonGammaBox,
+                                                   EpsilonAlpha2Beta1, DeepTaylorComposite)
 
 
 def parse_mapping(text: str) -> list[tuple[str, str]]:
@@ -103,10 +125,10 @@ def parse_mapping(text: str) -> list[tuple[str, str]]:
 
 
 def resolve(layers: list[LayerInfo], composite: str, mapping: str | None, settings: Settings) -> dict[str, Rule]:
-    """The rule instance of every Linear/Conv2d layer: the composite, overridden by the mapping."""
-    if composite not in COMPOSITES:
-        raise UnknownNameError(f"unknown LRP composite '{composite}'; registered: {', '.join(sorted(COMPOSITES))}")
-    chosen = dict(COMPOSITES[composite](layers))
+    """The rule instance of every Linear/Conv2d layer: the registered composite named ``composite``,
+    overridden by the mapping. Unknown composite or rule names raise
+    :class:`~salfw.core.errors.UnknownNameError` listing the registered ones."""
+    chosen: dict[str, RuleSpec] = dict(get_registry().get("composite", composite)().rules(layers))
     pairs = parse_mapping(mapping) if mapping else []
     for pattern, _rule in pairs:
         if not any(fnmatch.fnmatchcase(l.path, pattern) for l in layers):
@@ -120,5 +142,4 @@ def resolve(layers: list[LayerInfo], composite: str, mapping: str | None, settin
     missing = [l.path for l in layers if l.path not in chosen]
     if missing:
         raise ParameterError(f"composite '{composite}' gives no rule for layer(s) {', '.join(missing)}")
-    return {path: rule(settings) if callable(rule) and not isinstance(rule, Rule) else make_rule(rule, settings)
-            for path, rule in chosen.items()}
+    return {path: make_rule(rule, settings) for path, rule in chosen.items()}

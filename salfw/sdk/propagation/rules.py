@@ -1,4 +1,4 @@
-"""Relevance rules for Linear and Conv2d layers, and the registry plugins extend.
+"""Relevance rules for Linear and Conv2d layers.
 
 Every rule follows the "modified gradient" form Zennit uses (Anders et al.,
 "Software for dataset-wide XAI", 2021): for a layer ``z = layer(x; w, b)`` the
@@ -25,22 +25,33 @@ Zennit's stabiliser. The rules and their defaults are Zennit 0.5's:
                excitation backprop (Zhang et al. 2018)
 =============  ===========================================================================
 
-A rule is a callable ``rule(layer, x, z, relevance) -> relevance_in``; ``layer``
-is a :class:`Layer` (the module with ``weight``, ``bias`` and a functional
-forward). :func:`register_rule` adds a factory ``factory(settings) -> rule``
-where ``settings`` is a :class:`Settings`.
+A rule is a :class:`Rule` subclass: a kebab-case ``name``, a ``summary``, a
+classmethod ``from_settings(settings)`` that configures it from the method's
+numbers (:class:`Settings`) and ``__call__(layer, x, z, relevance)`` returning
+the relevance of the layer's input; ``layer`` is a :class:`Layer` (the module's
+parameters and a functional forward). :func:`modified_gradients` does the work
+of the formula above given the modified inputs, the modified parameters and the
+map from the modified outputs to output gradients; the rule multiplies the
+results by its modified inputs and adds them up. Rules are registered by name
+through the ``salfw_register_rules`` hook (the built-in ones by ``salfw.plugins.lrp``)
+and looked up with :func:`make_rule`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salfw.core.errors import ParameterError, UnknownNameError
+from salfw.core.contracts import PropagationRule
+from salfw.core.errors import ParameterError, PluginError
+from salfw.core.registry import get_registry
+
+#: A weight and its bias (None for a layer without bias, or a term that leaves the bias out).
+WeightBias = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def stabilize(d: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -67,28 +78,27 @@ class Layer:
     BatchNorm-folded tensors) and ``forward(x, weight, bias)``. The engine makes one per layer and
     explanation, so :meth:`modified` computes each modified parameter once per explanation."""
 
-    def __init__(self, module: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None):
+    def __init__(self, module: nn.Linear | nn.Conv2d, weight: torch.Tensor | None = None,
+                 bias: torch.Tensor | None = None):
         self.module = module
-        self.weight = module.weight if weight is None else weight
-        self.bias = module.bias if weight is None else bias
-        if isinstance(module, nn.Linear):
-            self.forward = F.linear
-        else:
-            self.forward = module._conv_forward
-        self._modified: dict = {}
+        self.weight: torch.Tensor = module.weight if weight is None else weight
+        self.bias: torch.Tensor | None = module.bias if weight is None else bias
+        self.forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = (
+            F.linear if isinstance(module, nn.Linear) else module._conv_forward)
+        self._modified: dict[Hashable, WeightBias] = {}
 
-    def modified(self, key, make: Callable[[torch.Tensor], torch.Tensor]) -> tuple:
+    def modified(self, key: Hashable, make: Callable[[torch.Tensor], torch.Tensor]) -> WeightBias:
         """``(make(weight), make(bias))`` (bias None stays None), computed once and kept under ``key``."""
         if key not in self._modified:
             with torch.no_grad():
                 self._modified[key] = (make(self.weight), None if self.bias is None else make(self.bias))
         return self._modified[key]
 
-    def positive(self) -> tuple:
+    def positive(self) -> WeightBias:
         """``(w⁺, b⁺)``"""
         return self.modified("positive", lambda t: t.clamp(min=0))
 
-    def negative(self) -> tuple:
+    def negative(self) -> WeightBias:
         """``(w⁻, b⁻)``"""
         return self.modified("negative", lambda t: t.clamp(max=0))
 
@@ -96,9 +106,9 @@ class Layer:
 def input_gradient(layer: Layer, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """``∂(layer(x; weight, ·) · grad)/∂x``: ``grad @ weight`` for Linear, the transposed convolution
     (the kernel autograd runs for ``conv2d``) for Conv2d, without building an autograd graph."""
-    if isinstance(layer.module, nn.Linear):
-        return grad @ weight
     m = layer.module
+    if isinstance(m, nn.Linear):
+        return grad @ weight
     if isinstance(m.padding, str):  # 'same'/'valid': let autograd resolve the padding
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
@@ -108,15 +118,16 @@ def input_gradient(layer: Layer, x: torch.Tensor, weight: torch.Tensor, grad: to
                                                [0] * len(m.stride), m.groups, (True, False, False))[0]
 
 
-def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[tuple],
+def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[WeightBias],
                        mapper: Callable[[list[torch.Tensor]], list[torch.Tensor]],
                        outputs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Forward each modified input through the layer with its modified (weight, bias) (or take the
     given ``outputs``), map the outputs to output gradients with ``mapper`` and return
     ``∂(Σ_m z_m · g_m)/∂ input_m``."""
     with torch.no_grad():
-        outs = outputs if outputs is not None else [layer.forward(i, w, b) for i, (w, b) in zip(inputs, params)]
-        return [input_gradient(layer, i, w, g) for i, (w, _b), g in zip(inputs, params, mapper(outs))]
+        outs = outputs if outputs is not None else [
+            layer.forward(i, w, b) for i, (w, b) in zip(inputs, params, strict=True)]
+        return [input_gradient(layer, i, w, g) for i, (w, _b), g in zip(inputs, params, mapper(outs), strict=True)]
 
 
 def _has_negatives(x: torch.Tensor) -> bool:
@@ -125,37 +136,60 @@ def _has_negatives(x: torch.Tensor) -> bool:
     return bool((x < 0).any())
 
 
-class Rule:
-    """Base class: ``name`` for diagnostics, ``__call__(layer, x, z, relevance)``."""
+class Rule(PropagationRule):
+    """Base class of relevance rules: a kebab-case ``name`` (registry key and the ``rule`` of
+    ``meta["layers"]``), a one-line ``summary`` with the paper, :meth:`from_settings` and
+    ``__call__``."""
 
-    name = "rule"
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Rule:
+        """The rule configured by the method's numbers; this default is for rules that take none."""
+        return cls()
 
     def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
+        """The relevance of the layer's input ``x``, given its output ``z = layer(x)`` and the
+        output's ``relevance`` (shaped like ``z``)."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return self.name
 
 
 class Epsilon(Rule):
+    """LRP-ε: ``R_j = Σ_k x_j w_jk R_k / stab(z_k)`` with ``stab`` adding ``ε`` (``settings.epsilon``,
+    Zennit's 1e-6) with the sign of ``z_k``."""
+
     name = "epsilon"
+    summary = "x w over z + ε sign z (Bach et al. 2015)"
 
     def __init__(self, epsilon: float = 1e-6):
         self.epsilon = epsilon
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Epsilon:
+        return cls(settings.epsilon)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         (g,) = modified_gradients(layer, [x], [(layer.weight, layer.bias)],
                                   lambda o: [relevance / stabilize(o[0], self.epsilon)], outputs=[z])
         return x * g
 
 
 class ZPlus(Rule):
+    """z⁺: ``R_j = Σ_k (x⁺_j w⁺_jk + x⁻_j w⁻_jk) R_k / Σ_j' (…)``, the bias in the positive part only;
+    reads ``settings.stabilizer``."""
+
     name = "z-plus"
+    summary = "x⁺w⁺ + x⁻w⁻ over their sum (Montavon et al. 2017)"
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ZPlus:
+        return cls(settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         wp, bp = layer.positive()
         xp = x.clamp(min=0)
         if not _has_negatives(x):
@@ -169,7 +203,11 @@ class ZPlus(Rule):
 
 
 class AlphaBeta(Rule):
+    """LRP-αβ: ``α`` times the positive contributions over their sum minus ``β`` times the negative
+    ones over theirs, ``α − β = 1``; reads ``settings.alpha``, ``beta`` (Zennit's 2 and 1) and ``stabilizer``."""
+
     name = "alpha-beta"
+    summary = "α times the positive minus β times the negative contributions (Bach et al. 2015)"
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6):
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
@@ -177,7 +215,11 @@ class AlphaBeta(Rule):
                                  f"got alpha={alpha}, beta={beta}")
         self.alpha, self.beta, self.stabilizer = alpha, beta, stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlphaBeta:
+        return cls(settings.alpha, settings.beta, settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         (wp, bp), (wn, bn) = layer.positive(), layer.negative()
         xp = x.clamp(min=0)
         if not _has_negatives(x):
@@ -187,7 +229,7 @@ class AlphaBeta(Rule):
             return self.alpha * (xp * g[0]) - self.beta * (xp * g[1])
         xn = x.clamp(max=0)
 
-        def mapper(o):
+        def mapper(o: list[torch.Tensor]) -> list[torch.Tensor]:
             dp = stabilize(o[0] + o[1], self.stabilizer)
             dn = stabilize(o[2] + o[3], self.stabilizer)
             return [relevance / dp] * 2 + [relevance / dn] * 2
@@ -197,12 +239,20 @@ class AlphaBeta(Rule):
 
 
 class Gamma(Rule):
+    """LRP-γ: the z-rule with weights ``w + γ w⁺`` where the output is positive and ``w + γ w⁻`` where it
+    is negative (Zennit's generalisation); reads ``settings.gamma`` (Zennit's 0.25) and ``stabilizer``."""
+
     name = "gamma"
+    summary = "weights w + γw⁺ for positive outputs, w + γw⁻ for negative ones (Montavon et al. 2019)"
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6):
         self.gamma, self.stabilizer = gamma, stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Gamma:
+        return cls(settings.gamma, settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         gm = self.gamma
         wp, bp = layer.modified(("gamma+", gm), lambda t: t + gm * t.clamp(min=0))
         wn, bn = layer.modified(("gamma-", gm), lambda t: t + gm * t.clamp(max=0))
@@ -215,7 +265,7 @@ class Gamma(Rule):
             return xp * g[0] + xp * g[1]
         xn = x.clamp(max=0)
 
-        def mapper(o):
+        def mapper(o: list[torch.Tensor]) -> list[torch.Tensor]:
             up = up_mask * relevance / stabilize(o[0] + o[1], self.stabilizer)
             down = down_mask * relevance / stabilize(o[2] + o[3], self.stabilizer)
             return [up, up, down, down]
@@ -225,12 +275,20 @@ class Gamma(Rule):
 
 
 class ZBox(Rule):
-    name = "z-box"
+    """z^B: ``R_j = Σ_k (x_j w_jk − l_j w⁺_jk − h_j w⁻_jk) R_k / Σ_j' (…)`` for inputs in ``[l, h]``
+    (``settings.low``, ``settings.high``: the network input's bounds); reads ``stabilizer``."""
 
-    def __init__(self, low, high, stabilizer: float = 1e-6):
+    name = "z-box"
+    summary = "x w − l w⁺ − h w⁻ for inputs bounded by l ≤ x ≤ h (Montavon et al. 2017)"
+
+    def __init__(self, low: torch.Tensor | float, high: torch.Tensor | float, stabilizer: float = 1e-6):
         self.low, self.high, self.stabilizer = low, high, stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ZBox:
+        return cls(settings.low, settings.high, settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         (wp, bp), (wn, bn) = layer.positive(), layer.negative()
         low = torch.as_tensor(self.low, dtype=x.dtype, device=x.device).expand_as(x)
         high = torch.as_tensor(self.high, dtype=x.dtype, device=x.device).expand_as(x)
@@ -243,33 +301,51 @@ class ZBox(Rule):
 
 
 class WSquare(Rule):
+    """w²: ``R_j = Σ_k w²_jk R_k / Σ_j' w²_j'k``, independent of the input; reads ``settings.stabilizer``."""
+
     name = "w-square"
+    summary = "squared weights with unit inputs (Montavon et al. 2017)"
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WSquare:
+        return cls(settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         (g,) = modified_gradients(layer, [torch.ones_like(x)], [layer.modified("square", lambda t: t ** 2)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return g
 
 
 class Flat(Rule):
+    """flat: ``R_j = Σ_k R_k / Σ_j' 1``, relevance spread evenly over each output's receptive field;
+    reads ``settings.stabilizer``."""
+
     name = "flat"
+    summary = "unit weights and inputs, no bias: relevance spread evenly (Lapuschkin et al. 2019)"
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Flat:
+        return cls(settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         (g,) = modified_gradients(layer, [torch.ones_like(x)], [(layer.modified("ones", torch.ones_like)[0], None)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return g
 
 
 class Pass(Rule):
-    name = "pass"
+    """Relevance passes unchanged; takes no settings."""
 
-    def __call__(self, layer, x, z, relevance):
+    name = "pass"
+    summary = "relevance passes unchanged (layers whose input and output have the same shape)"
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         if relevance.shape != x.shape:
             raise ParameterError(f"the pass rule needs a layer whose input and output have the same shape; "
                                  f"got {tuple(x.shape)} -> {tuple(relevance.shape)}")
@@ -277,46 +353,43 @@ class Pass(Rule):
 
 
 class Excitation(Rule):
-    """Marginal winning probability ``p_j = x_j Σ_i w⁺_ji p_i / Σ_k w⁺_ki x_k`` (Zhang et al. 2018).
-    ``negate=True`` uses ``(−w)⁺``: the dual "non-target" units of contrastive excitation backprop."""
+    """Marginal winning probability ``p_j = x_j Σ_i w⁺_ji p_i / Σ_k w⁺_ki x_k`` (Zhang et al. 2018);
+    reads ``settings.stabilizer``. ``negate=True`` uses ``(−w)⁺``: the dual "non-target" units of
+    contrastive excitation backprop."""
 
     name = "excitation"
+    summary = "x w⁺ over its sum, no bias: marginal winning probabilities (Zhang et al. 2018)"
 
     def __init__(self, stabilizer: float = 1e-6, negate: bool = False):
         self.stabilizer, self.negate = stabilizer, negate
 
-    def __call__(self, layer, x, z, relevance):
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Excitation:
+        return cls(settings.stabilizer)
+
+    def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         w = layer.modified("negated-positive", lambda t: (-t).clamp(min=0))[0] if self.negate else layer.positive()[0]
         (g,) = modified_gradients(layer, [x], [(w, None)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return x * g
 
 
-#: rule name -> factory(settings) -> rule
-RULES: dict[str, Callable[[Settings], Rule]] = {
-    "epsilon": lambda s: Epsilon(s.epsilon),
-    "z-plus": lambda s: ZPlus(s.stabilizer),
-    "alpha-beta": lambda s: AlphaBeta(s.alpha, s.beta, s.stabilizer),
-    "gamma": lambda s: Gamma(s.gamma, s.stabilizer),
-    "z-box": lambda s: ZBox(s.low, s.high, s.stabilizer),
-    "w-square": lambda s: WSquare(s.stabilizer),
-    "flat": lambda s: Flat(s.stabilizer),
-    "pass": lambda s: Pass(),
-    "excitation": lambda s: Excitation(s.stabilizer),
-}
+#: The built-in rules, registered by ``salfw.plugins.lrp``.
+BUILTIN_RULES: tuple[type[Rule], ...] = (Epsilon, ZPlus, AlphaBeta, Gamma, ZBox, WSquare, Flat, Pass, Excitation)
+
+#: What a composite or a method may give for a layer: a registered rule's name, a :class:`Rule`
+#: subclass (configured with its ``from_settings``) or a configured instance.
+RuleSpec = str | Rule | type[Rule]
 
 
-def register_rule(name: str, factory: Callable[[Settings], Rule]) -> None:
-    """Add a rule under ``name`` (a plugin's own rule); a name already taken is an error."""
-    if name in RULES:
-        raise ParameterError(f"an LRP rule named '{name}' is already registered")
-    RULES[name] = factory
-
-
-def make_rule(name: str | Rule, settings: Settings) -> Rule:
-    """A rule instance from its registered name (instances pass through)."""
-    if isinstance(name, Rule):
-        return name
-    if name not in RULES:
-        raise UnknownNameError(f"unknown LRP rule '{name}'; registered rules: {', '.join(sorted(RULES))}")
-    return RULES[name](settings)
+def make_rule(spec: RuleSpec, settings: Settings) -> Rule:
+    """The rule instance ``spec`` names, configured by ``settings`` (instances pass through);
+    an unknown name raises :class:`~salfw.core.errors.UnknownNameError` listing the registered rules."""
+    if isinstance(spec, Rule):
+        return spec
+    cls = get_registry().get("rule", spec) if isinstance(spec, str) else spec
+    rule = cls.from_settings(settings)
+    if not isinstance(rule, Rule):
+        raise PluginError(f"rule '{cls.name}' must subclass salfw.sdk.propagation.Rule to be propagated, "
+                          f"got {type(rule).__name__}")
+    return rule

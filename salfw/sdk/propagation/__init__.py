@@ -1,0 +1,74 @@
+"""Relevance propagation for method authors: the engine, its rules and composites.
+
+* :class:`Network` (:mod:`.engine`) reads a white box's module as a graph of
+  layers (BatchNorm folded into new tensors, the module untouched) and passes
+  relevance from the output to the input, one rule per Linear/Conv2d layer;
+  :func:`propagate_batches` runs it over a batch in the method's chunks.
+* :class:`Rule` (:mod:`.rules`): how relevance moves through a Linear/Conv2d
+  layer. A rule has a kebab-case ``name``, a ``summary``, a classmethod
+  ``from_settings(settings)`` reading the method's numbers (:class:`Settings`)
+  and ``__call__(layer, x, z, relevance)``; :func:`modified_gradients` and
+  :func:`stabilize` do the arithmetic of the modified-gradient form.
+* :class:`Composite` (:mod:`.composites`): ``rules(layers)`` assigns a rule to
+  every :class:`LayerInfo`; :func:`resolve` applies a registered composite and
+  a per-layer mapping such as ``"features.0=z-box;classifier.*=epsilon"``.
+
+Rules and composites are registered through pluggy, like methods: a plugin
+implements ``salfw_register_rules(register)`` and
+``salfw_register_composites(register)`` and calls ``register(Class)``; the
+built-in ones are registered by ``salfw.plugins.lrp``. :func:`make_rule` and
+:func:`resolve` look names up in the registry.
+"""
+
+from salfw.core.contracts import Composite
+
+from .composites import (
+    BUILTIN_COMPOSITES,
+    AlphaTwoBetaOne,
+    DeepTaylorComposite,
+    EpsilonAlpha2Beta1,
+    EpsilonGammaBox,
+    EpsilonPlus,
+    EpsilonPlusFlat,
+    parse_mapping,
+    resolve,
+)
+from .engine import (
+    SUPPORTED_LAYERS,
+    LayerInfo,
+    Network,
+    Start,
+    layer_sums,
+    one_hot_start,
+    propagate_batches,
+    unit_start,
+)
+from .rules import (
+    BUILTIN_RULES,
+    AlphaBeta,
+    Epsilon,
+    Excitation,
+    Flat,
+    Gamma,
+    Layer,
+    Pass,
+    Rule,
+    RuleSpec,
+    Settings,
+    WeightBias,
+    WSquare,
+    ZBox,
+    ZPlus,
+    input_gradient,
+    make_rule,
+    modified_gradients,
+    stabilize,
+)
+
+__all__ = [
+    "BUILTIN_COMPOSITES", "BUILTIN_RULES", "SUPPORTED_LAYERS", "AlphaBeta", "AlphaTwoBetaOne", "Composite",
+    "DeepTaylorComposite", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat",
+    "Excitation", "Flat", "Gamma", "Layer", "LayerInfo", "Network", "Pass", "Rule", "RuleSpec", "Settings", "Start",
+    "WSquare", "WeightBias", "ZBox", "ZPlus", "input_gradient", "layer_sums", "make_rule", "modified_gradients",
+    "one_hot_start", "parse_mapping", "propagate_batches", "resolve", "stabilize", "unit_start",
+]
