@@ -18,12 +18,12 @@ import argparse
 import warnings
 
 import torch
+from timing import best_times
 
 import salfw
 from salfw.core.api import make_method
 from salfw.core.guard import preserved
 from salfw.zoo.samples import load_samples
-from timing import best_times
 
 
 def main():
@@ -50,7 +50,7 @@ def main():
 
         def run():
             with preserved(model.module):
-                method.attribute(model, x, target, 0)
+                method.attribute(model, x, target, salfw.Context(0))
         return run
 
     def explain(name, **params):

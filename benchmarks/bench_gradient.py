@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import best_time
 from torch import nn
 
 import salfw
 from salfw.core.api import make_method
 from salfw.core.guard import preserved
-from timing import best_time
 
 
 def mnist_cnn() -> salfw.WhiteBox:
@@ -67,7 +67,7 @@ def main() -> None:
 
         def run():
             with preserved(model.module):
-                method.attribute(model, x, targets, 0)
+                method.attribute(model, x, targets, salfw.Context(0))
         return run
 
     pairs = [
@@ -101,7 +101,7 @@ def main() -> None:
                   alone("smoothgrad", samples=samples, batch_size=chunk, variant="vargrad")]
     print(f"{'salfw':36s} {'explain':>8s} {'alone':>8s}   {'Captum':31s} {'time (s)':>8s}  "
           f"ratio (explain / alone)")
-    for (ours_name, ours, theirs_name, theirs), ours_alone in zip(pairs, alone_runs):
+    for (ours_name, ours, theirs_name, theirs), ours_alone in zip(pairs, alone_runs, strict=True):
         a, a1, b = best_time(ours, args.repeat), best_time(ours_alone, args.repeat), best_time(theirs, args.repeat)
         print(f"{ours_name:36s} {a:8.4f} {a1:8.4f}   {theirs_name:31s} {b:8.4f}  {a / b:5.2f} / {a1 / b:5.2f}")
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import salfw
-from salfw.core.errors import ParameterError
+from salfw.core.errors import ParameterError, UnknownNameError
 from salfw.plugins.integrated_gradients import RULES, quadrature
 
 D, K = 6, 4
@@ -81,6 +81,8 @@ def test_integrated_gradients_of_a_linear_model_with_other_baselines():
     assert torch.allclose(custom.attributions, w * (x - user), rtol=1e-12)
     per_sample = salfw.explain("integrated-gradients", model, x, target=TARGETS, baseline=x.flip(0), steps=3)
     assert torch.allclose(per_sample.attributions, w * (x - x.flip(0)), rtol=1e-12, atol=1e-14)
+    number = salfw.explain("integrated-gradients", model, x, target=TARGETS, baseline=0.5, steps=3)
+    assert torch.allclose(number.attributions, w * (x - 0.5), rtol=1e-12)
 
 
 @pytest.mark.parametrize("variant,expected", [("smoothgrad", lambda w: w), ("smoothgrad-squared", lambda w: w * w),
@@ -97,12 +99,12 @@ def test_smoothgrad_of_input_x_gradient_averages_the_noisy_inputs():
     model, lin = linear_model(input_range=(0.0, 4.0))
     x = inputs()
     w = weights_for(lin, TARGETS, x)
-    e = salfw.explain("smoothgrad", model, x, target=TARGETS, base_method="input-x-gradient", samples=1000,
+    e = salfw.explain("smoothgrad", model, x, target=TARGETS, base="input-x-gradient", samples=1000,
                       noise_level=0.1)
     noise_mean = e.attributions / w - x                     # the same for every sample (shared draws)
     assert torch.allclose(noise_mean, noise_mean[:1].expand_as(noise_mean), atol=1e-9)
     assert noise_mean.abs().max() < 5 * 0.4 / 1000 ** 0.5  # σ = 0.4: five standard errors
-    var = salfw.explain("smoothgrad", model, x, target=TARGETS, base_method="input-x-gradient", samples=1000,
+    var = salfw.explain("smoothgrad", model, x, target=TARGETS, base="input-x-gradient", samples=1000,
                         noise_level=0.1, variant="vargrad").attributions
     assert torch.allclose(var / w ** 2, torch.full_like(var, 0.4 ** 2), rtol=0.2)  # 4.5 standard errors
 
@@ -112,14 +114,16 @@ def test_expected_gradients_of_a_linear_model():
     x = inputs()
     w = weights_for(lin, TARGETS, x)
     one = torch.rand(1, D, dtype=torch.float64)
-    e = salfw.explain("expected-gradients", model, x, target=TARGETS, references=one, samples=5)
+    e = salfw.explain("expected-gradients", model, x, target=TARGETS, baseline=one, samples=5)
     assert torch.allclose(e.attributions, w * (x - one), rtol=1e-12, atol=1e-14)
     assert max(abs(d) for d in e.meta["convergence_delta"]) < 1e-12
     refs = torch.rand(3, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    many = salfw.explain("expected-gradients", model, x, target=TARGETS, references=refs, samples=2000)
+    many = salfw.explain("expected-gradients", model, x, target=TARGETS, baseline=refs, samples=2000)
     assert torch.allclose(many.attributions, w * (x - refs.mean(0)), atol=0.04 * w.abs().max().item())
     noise = salfw.explain("expected-gradients", model, x, target=TARGETS, samples=2000)  # U(0, 1) references
     assert torch.allclose(noise.attributions, w * (x - 0.5), atol=0.04 * w.abs().max().item())
+    fixed = salfw.explain("expected-gradients", model, x, target=TARGETS, baseline="black", samples=3)
+    assert torch.allclose(fixed.attributions, w * x, rtol=1e-12, atol=1e-14)
 
 
 def test_convergence_delta_is_the_completeness_error():
@@ -195,10 +199,10 @@ CASES = [
     ("gradient", {}),
     ("input-x-gradient", {}),
     ("smoothgrad", {"samples": 5}),
-    ("smoothgrad", {"samples": 3, "variant": "vargrad", "base_method": "integrated-gradients",
-                    "base_params": "steps=3,baseline=uniform-noise"}),
-    ("smoothgrad", {"samples": 3, "variant": "smoothgrad-squared", "base_method": "expected-gradients",
-                    "base_params": {"samples": 4}, "clip": True}),
+    ("smoothgrad", {"samples": 3, "variant": "vargrad", "base": "integrated-gradients", "base.steps": 3,
+                    "base.baseline": "uniform-noise"}),
+    ("smoothgrad", {"samples": 3, "variant": "smoothgrad-squared", "base": {"name": "expected-gradients", "samples": 4},
+                    "clip": True}),
     ("integrated-gradients", {"steps": 6, "baseline": "blur"}),
     ("integrated-gradients", {"steps": 6, "baseline": "uniform-noise", "rule": "riemann-middle"}),
     ("expected-gradients", {"samples": 9}),
@@ -249,11 +253,17 @@ def test_smoothgrad_wraps_a_black_box_method_on_a_black_box():
     net = nn.Sequential(nn.Flatten(), nn.Linear(2 * 3 * 3, K)).double()
     x = inputs(image=True)
     black = salfw.BlackBox(net, backend="torch")
-    e = salfw.explain("smoothgrad", black, x, base_method="occlusion", base_params="window=2,2,stride=1",
-                      samples=2)
+    e = salfw.explain("smoothgrad", black, x, samples=2,
+                      **{"base": "occlusion", "base.window": (2, 2), "base.stride": 1})
     assert e.attributions.shape[0] == 3 and torch.isfinite(e.attributions).all()
-    with pytest.raises(salfw.ModelRequirementError):
+    with pytest.raises(salfw.ModelRequirementError, match="WhiteBox"):
         salfw.explain("smoothgrad", black, x, samples=2)
+
+
+def test_smoothgrad_applies_its_base_methods_input_kinds():
+    model, _ = linear_model()
+    with pytest.raises(salfw.InputError, match="'grad-cam' .*explains image inputs"):
+        salfw.explain("smoothgrad", model, inputs(), base="grad-cam", samples=2)
 
 
 # -- parameter errors --------------------------------------------------------------------------------------
@@ -266,19 +276,23 @@ BAD = [
     ("integrated-gradients", {"baseline": torch.zeros(5)}),
     ("integrated-gradients", {"baseline": torch.zeros(2, 6, dtype=torch.float64)}),
     ("integrated-gradients", {"baseline": torch.zeros(6, dtype=torch.long)}),
-    ("integrated-gradients", {"baseline": 0.5}),
+    ("integrated-gradients", {"baseline": float("nan")}),
+    ("integrated-gradients", {"baseline": [0.5] * 6}),
     ("expected-gradients", {"samples": 0}),
-    ("expected-gradients", {"references": "training-set"}),
-    ("expected-gradients", {"references": torch.zeros(4, 5)}),
-    ("expected-gradients", {"references": torch.zeros(0, 6)}),
-    ("expected-gradients", {"references": "samples"}),  # shipped MNIST digits, the inputs are vectors
-    ("smoothgrad", {"base_method": "no-such-method"}),
-    ("smoothgrad", {"base_method": "smoothgrad"}),
-    ("smoothgrad", {"base_params": "steps"}),
-    ("smoothgrad", {"base_params": "=3"}),
-    ("smoothgrad", {"base_params": 3}),
-    ("smoothgrad", {"base_params": "no_such_param=1"}),
-    ("smoothgrad", {"base_method": "integrated-gradients", "base_params": "steps=many"}),
+    ("expected-gradients", {"baseline": "training-set"}),
+    ("expected-gradients", {"baseline": torch.zeros(4, 5)}),
+    ("expected-gradients", {"baseline": torch.zeros(0, 6)}),
+    ("expected-gradients", {"baseline": torch.zeros(4, 6, dtype=torch.long)}),
+    ("expected-gradients", {"baseline": "samples"}),  # the zoo's digits are passed as data, not by name
+    ("expected-gradients", {"references": torch.zeros(4, 6)}),  # a synonym: refused with salfw's name
+    ("smoothgrad", {"base": "smoothgrad"}),
+    ("smoothgrad", {"base": "deepfool"}),  # comparative, not additive
+    ("smoothgrad", {"base": 3}),
+    ("smoothgrad", {"base": {"steps": 3}}),
+    ("smoothgrad", {"base.steps": 3}),  # the default base, gradient, has no steps
+    ("smoothgrad", {"base": "integrated-gradients", "base.no_such_param": 1}),
+    ("smoothgrad", {"base": "integrated-gradients", "base.steps": "many"}),
+    ("smoothgrad", {"base_method": "gradient"}),
     ("smoothgrad", {"noise_level": -0.1}),
     ("smoothgrad", {"variant": "mean"}),
     ("smoothgrad", {"samples": 0}),
@@ -294,9 +308,20 @@ def test_bad_parameters_raise_parameter_error(name, params):
         salfw.explain(name, model, inputs(), **params)
 
 
-def test_base_params_string_parsing():
-    from salfw.plugins.smoothgrad import parse_params_spec
-    assert parse_params_spec("steps=8, baseline=blur") == {"steps": "8", "baseline": "blur"}
-    assert parse_params_spec("size=4,4,stride=2") == {"size": "4,4", "stride": "2"}
-    assert parse_params_spec({"steps": 3}) == {"steps": 3}
-    assert parse_params_spec(None) == {} and parse_params_spec("") == {}
+def test_unknown_base_method_is_refused_with_the_registered_names():
+    model, _ = linear_model()
+    with pytest.raises(UnknownNameError, match="unknown method 'no-such-method'; available: .*gradient"):
+        salfw.explain("smoothgrad", model, inputs(), base="no-such-method")
+
+
+def test_base_settings_are_typed_and_validated_when_smoothgrad_is_made():
+    from salfw.core.api import make_method
+    from salfw.core.params import Component
+
+    method = make_method("smoothgrad",
+                         **{"base": "integrated-gradients", "base.steps": "8", "base.rule": "riemann-left"})
+    assert method.params.base == Component("integrated-gradients", (("rule", "riemann-left"), ("steps", 8)))
+    as_dict = make_method("smoothgrad", base={"name": "integrated-gradients", "steps": 8, "rule": "riemann-left"})
+    assert as_dict.params.base == method.params.base
+    assert (type(method).box, type(method).kind) == ("white", "additive")
+    assert not {"box", "kind", "input_kinds"} & set(vars(method))  # the class's attributes, not rewritten

@@ -15,7 +15,7 @@ from salfw.sdk.backprop import deconvnet_relus, guided_relus
 def relu_mlp(seed, sizes=(5, 7, 6, 3), inplace=False):
     torch.manual_seed(seed)
     layers = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU(inplace=inplace))

@@ -167,11 +167,11 @@ def test_smoothgrad_matches_noise_tunnel_with_the_same_noise(case, monkeypatch, 
 
     monkeypatch.setattr(NoiseTunnel, "_add_noise_to_input", staticmethod(add_salfw_noise))
     net = model.network()
-    inner, kwargs, params = {"gradient": (Saliency(net), {"abs": False}, None),
-                             "input-x-gradient": (InputXGradient(net), {}, None),
-                             "integrated-gradients": (IntegratedGradients(net), {"n_steps": 4, "baselines": 0.0},
-                                                      "steps=4,baseline=black")}[base]
-    ours = salfw.explain("smoothgrad", model, x, target=targets, base_method=base, base_params=params,
+    inner, kwargs, settings = {"gradient": (Saliency(net), {"abs": False}, {}),
+                               "input-x-gradient": (InputXGradient(net), {}, {}),
+                               "integrated-gradients": (IntegratedGradients(net), {"n_steps": 4, "baselines": 0.0},
+                                                        {"steps": 4, "baseline": "black"})}[base]
+    ours = salfw.explain("smoothgrad", model, x, target=targets, base={"name": base, **settings},
                          variant=variant, samples=samples, noise_level=level, batch_size=8).attributions
     theirs = NoiseTunnel(inner).attribute(x.clone().requires_grad_(), nt_type=nt_type, nt_samples=samples,
                                           stdevs=level * (model.input_range[1] - model.input_range[0]),

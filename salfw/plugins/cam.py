@@ -41,23 +41,33 @@ Local explanations.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.layers import (INTERPOLATIONS, captured_output, last_spatial_layer,
-                                   layer_activations_and_gradients, model_label, resolve_layer, trace,
-                                   upsample)
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, layer, param
 from salfw.sdk.backprop import guided_relus, relu_modules
+from salfw.sdk.layers import (
+    INTERPOLATIONS,
+    captured_output,
+    last_spatial_layer,
+    layer_activations_and_gradients,
+    model_label,
+    resolve_layer,
+    trace,
+    upsample,
+)
 
 GRADCAM_PLUS_PLUS_EPS = 1e-6  # pytorch-grad-cam's value
 
 
-def _layer_name(model, x, layer):
+def _layer_name(model: WhiteBox, x: torch.Tensor, layer: str | None) -> str:
     if layer is None:
         return last_spatial_layer(model, x)
     resolve_layer(model, layer)
@@ -70,21 +80,30 @@ def _check_spatial(name: str, acts: torch.Tensor) -> None:
                                     f"a spatial (N, C, H, W) layer output")
 
 
-def grad_cam_maps(model, x, targets, layer, batch_size, relu):
+def activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, name: str, ctx: Context,
+                              size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The named layer's activations ``A`` and ``∂y_c/∂A`` for the batch, in chunks of ``size`` samples."""
+    pairs = [layer_activations_and_gradients(model, x[sl], targets[sl], name) for sl in ctx.batches(x.shape[0], size)]
+    acts, grads = torch.cat([a for a, _ in pairs]), torch.cat([g for _, g in pairs])
+    _check_spatial(name, acts)
+    return acts, grads
+
+
+def grad_cam_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, layer: str | None, relu: bool,
+                  ctx: Context, size: int) -> tuple[torch.Tensor, str]:
     """Layer-resolution Grad-CAM maps (N, 1, h, w) and the layer's name."""
     name = _layer_name(model, x, layer)
-    acts, grads = layer_activations_and_gradients(model, x, targets, name, batch_size)
-    _check_spatial(name, acts)
+    acts, grads = activations_and_gradients(model, x, targets, name, ctx, size)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     maps = (alpha * acts).sum(dim=1, keepdim=True)
     return (maps.clamp(min=0) if relu else maps), name
 
 
-def grad_cam_plus_plus_maps(model, x, targets, layer, batch_size, relu):
+def grad_cam_plus_plus_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, layer: str | None, relu: bool,
+                            ctx: Context, size: int) -> tuple[torch.Tensor, str]:
     """Layer-resolution Grad-CAM++ maps (N, 1, h, w) and the layer's name."""
     name = _layer_name(model, x, layer)
-    acts, grads = layer_activations_and_gradients(model, x, targets, name, batch_size)
-    _check_spatial(name, acts)
+    acts, grads = activations_and_gradients(model, x, targets, name, ctx, size)
     g2 = grads * grads
     g3 = g2 * grads
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
@@ -99,7 +118,7 @@ def _leaf(call) -> bool:
     return next(call.module.children(), None) is None
 
 
-def find_gap_head(model, x) -> tuple[str, nn.Module, str, nn.Linear]:
+def find_gap_head(model: WhiteBox, x: torch.Tensor) -> tuple[str, nn.Module, str, nn.Linear]:
     """(pool name, pool module, linear name, linear module) of a global-average-pool + linear head.
 
     Raises :class:`ModelRequirementError` naming the layer that breaks the pattern.
@@ -118,7 +137,7 @@ def find_gap_head(model, x) -> tuple[str, nn.Module, str, nn.Linear]:
             f"its last layer is {last.name!r} ({type(last.module).__name__})")
     rest = [c for c in leaves[:-1] if not isinstance(c.module, (nn.Flatten, nn.Dropout, nn.Identity))]
     pool = rest[-1] if rest else None
-    if pool is None or not isinstance(pool.module, nn.AdaptiveAvgPool2d) \
+    if pool is None or not isinstance(pool.module, nn.AdaptiveAvgPool2d) or pool.output is None \
             or pool.output.shape[2:] != (1, 1) or pool.input is None or pool.input.dim() != 4:
         found = f"{pool.name!r} ({type(pool.module).__name__})" if pool is not None else "nothing"
         raise ModelRequirementError(
@@ -127,15 +146,16 @@ def find_gap_head(model, x) -> tuple[str, nn.Module, str, nn.Linear]:
     return pool.name, pool.module, last.name, last.module
 
 
-def cam_maps(model, x, targets, batch_size, relu):
+def cam_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, relu: bool, ctx: Context,
+             size: int) -> tuple[torch.Tensor, str]:
     """Layer-resolution CAM maps ``Σ_k W_ck A^k`` (N, 1, h, w) and the name of the pool whose input ``A`` is."""
     pool_name, pool, _, linear = find_gap_head(model, x)
     store: list[torch.Tensor] = []
     handle = pool.register_forward_pre_hook(lambda module, args: store.append(args[0]))
     try:
         with torch.no_grad():
-            for start in range(0, x.shape[0], batch_size):
-                model.forward(x[start:start + batch_size])
+            for sl in ctx.batches(x.shape[0], size):
+                model.forward(x[sl])
     finally:
         handle.remove()
     acts = torch.cat(store)
@@ -145,25 +165,30 @@ def cam_maps(model, x, targets, batch_size, relu):
 
 
 class _CamMethod(Method):
-    """Shared by the CAM variants: each defines ``maps(model, x, targets) -> (layer maps, layer name)``."""
+    """Shared by the CAM variants: each defines ``maps(model, x, targets, ctx) -> (layer maps, layer name)``."""
 
     box = "white"
     kind = "additive"
     scope = "local"
     input_kinds = ("image",)
-    requires = ("conv",)
+    requires: ClassVar[tuple[str, ...]] = ("conv",)
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        layer: str | None = param(None, "dotted module path (as in named_modules()); None: the last spatial layer")
+        layer: str | None = layer(None, "dotted module path (as in named_modules()); None: the last spatial layer")
         relu: bool = param(True, "keep only positive evidence, ReLU(Σ_k w_k A^k), as in the paper")
         interpolation: str = param("bilinear", "how the layer map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
-        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(128, "samples per forward/backward pass")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        maps, name = self.maps(model, x, targets)
+    def maps(self, model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+             ) -> tuple[torch.Tensor, str]:
+        raise NotImplementedError
+
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
+        maps, name = self.maps(model, x, targets, ctx)
         up = upsample(maps, x.shape[2:], self.params.interpolation)
         return up, {"layer": name, "layer_map": maps.detach()}
 
@@ -172,18 +197,20 @@ class GradCam(_CamMethod):
     name = "grad-cam"
     summary = "ReLU(Σ_k α_k A^k), α_k the mean gradient of feature map k (Selvaraju et al. 2017, Grad-CAM)"
 
-    def maps(self, model, x, targets):
+    def maps(self, model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+             ) -> tuple[torch.Tensor, str]:
         p = self.params
-        return grad_cam_maps(model, x, targets, p.layer, p.batch_size, p.relu)
+        return grad_cam_maps(model, x, targets, p.layer, p.relu, ctx, p.batch_size)
 
 
 class GradCamPlusPlus(_CamMethod):
     name = "grad-cam-plus-plus"
     summary = "Grad-CAM with higher-order pixel weights of the positive gradients (Chattopadhay et al. 2018)"
 
-    def maps(self, model, x, targets):
+    def maps(self, model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+             ) -> tuple[torch.Tensor, str]:
         p = self.params
-        return grad_cam_plus_plus_maps(model, x, targets, p.layer, p.batch_size, p.relu)
+        return grad_cam_plus_plus_maps(model, x, targets, p.layer, p.relu, ctx, p.batch_size)
 
 
 class Cam(_CamMethod):
@@ -196,10 +223,11 @@ class Cam(_CamMethod):
         relu: bool = param(False, "clip negative evidence (the paper's CAM has no ReLU)")
         interpolation: str = param("bilinear", "how the layer map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
-        batch_size: int = param(256, "samples per forward pass", low=1)
+        batch_size: int = batch_size(256, "samples per forward pass")
 
-    def maps(self, model, x, targets):
-        return cam_maps(model, x, targets, self.params.batch_size, self.params.relu)
+    def maps(self, model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+             ) -> tuple[torch.Tensor, str]:
+        return cam_maps(model, x, targets, self.params.relu, ctx, self.params.batch_size)
 
 
 class GuidedGradCam(Method):
@@ -213,33 +241,35 @@ class GuidedGradCam(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        layer: str | None = param(None, "dotted module path (as in named_modules()); None: the last spatial layer")
+        layer: str | None = layer(None, "dotted module path (as in named_modules()); None: the last spatial layer")
         interpolation: str = param("bilinear", "how the Grad-CAM map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
-        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(128, "samples per forward/backward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
+        assert isinstance(model, WhiteBox)  # the white-box check above refused any other model
         relu_modules(model)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
         """One forward pass per chunk, two backward passes over it: the ordinary gradient at the layer
         (Grad-CAM), then the guided gradient at the input."""
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
         name = _layer_name(model, x, p.layer)
-        layer = resolve_layer(model, name)
+        module = resolve_layer(model, name)
         guided, maps = [], []
-        for start in range(0, x.shape[0], p.batch_size):
-            chunk = x[start:start + p.batch_size].detach().requires_grad_(True)
-            with captured_output(layer, name) as store, guided_relus(model) as switch, torch.enable_grad():
+        for sl in ctx.batches(x.shape[0], p.batch_size):
+            chunk = x[sl].detach().requires_grad_(True)
+            with captured_output(module, name) as store, guided_relus(model) as switch, torch.enable_grad():
                 out = model.forward(chunk)
                 if len(store) != 1:
-                    raise ModelRequirementError(f"layer {name!r} ({type(layer).__name__}) is called {len(store)} "
+                    raise ModelRequirementError(f"layer {name!r} ({type(module).__name__}) is called {len(store)} "
                                                 f"times per forward pass; pick a layer called once")
                 (acts,) = store
                 _check_spatial(name, acts)
-                selected = out.gather(1, targets[start:start + p.batch_size, None].to(out.device)).sum()
+                selected = out.gather(1, targets[sl, None].to(out.device)).sum()
                 switch.on = False
                 (grads,) = torch.autograd.grad(selected, acts, retain_graph=True)
                 switch.on = True
@@ -247,8 +277,9 @@ class GuidedGradCam(Method):
             alpha = grads.mean(dim=(2, 3), keepdim=True)
             maps.append((alpha * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0))
             guided.append(guided_chunk)
-        maps = torch.cat(maps)
-        return torch.cat(guided) * upsample(maps, x.shape[2:], p.interpolation), {"layer": name, "layer_map": maps}
+        layer_map = torch.cat(maps)
+        attributions = torch.cat(guided) * upsample(layer_map, x.shape[2:], p.interpolation)
+        return attributions, {"layer": name, "layer_map": layer_map}
 
 
 @hookimpl

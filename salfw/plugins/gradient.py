@@ -12,8 +12,8 @@
   ``InputXGradient``. Local explanation; for a linear model ``y = w·x + b`` it is
   ``w ⊙ x``, each feature's share of ``y − b``.
 
-:func:`target_gradient` is the helper the whole family (SmoothGrad, integrated
-and expected gradients) runs its batched backward passes through.
+:func:`~salfw.sdk.backprop.target_gradient` is the toolkit's one backward pass,
+run on chunks of ``batch_size`` samples (``ctx.batches``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ import dataclasses
 
 import torch
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, param
 from salfw.sdk.backprop import target_gradient
+
+
+def batched_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context,
+                     size: int) -> torch.Tensor:
+    """``∂y_c/∂x`` of the batch, in chunks of ``size`` samples."""
+    return torch.cat([target_gradient(model, x[sl], targets[sl]) for sl in ctx.batches(x.shape[0], size)])
 
 
 class Gradient(Method):
@@ -38,11 +46,11 @@ class Gradient(Method):
     @dataclasses.dataclass(frozen=True)
     class Params:
         absolute: bool = param(False, "return |gradient| as in the paper's saliency maps")
-        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(128, "samples per forward/backward pass")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        grad = target_gradient(model, x, targets, self.params.batch_size)
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
+        grad = batched_gradient(model, x, targets, ctx, self.params.batch_size)
         return grad.abs() if self.params.absolute else grad
 
 
@@ -55,11 +63,11 @@ class InputXGradient(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(128, "samples per forward/backward pass")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        return x * target_gradient(model, x, targets, self.params.batch_size)
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
+        return x * batched_gradient(model, x, targets, ctx, self.params.batch_size)
 
 
 @hookimpl

@@ -33,9 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size
 from salfw.sdk.backprop import RECTIFIER_RULES, relu_modules, target_gradient
 
 
@@ -48,16 +52,18 @@ class _ModifiedReluMethod(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        batch_size: int = param(128, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(128, "samples per forward/backward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
+        assert isinstance(model, WhiteBox)  # the white-box check above refused any other model
         relu_modules(model)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         with RECTIFIER_RULES[self.rule](model):
-            return target_gradient(model, x, targets, self.params.batch_size)
+            return torch.cat([target_gradient(model, x[sl], targets[sl])
+                              for sl in ctx.batches(x.shape[0], self.params.batch_size)])
 
 
 class GuidedBackprop(_ModifiedReluMethod):

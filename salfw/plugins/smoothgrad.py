@@ -5,10 +5,14 @@ adding noise": for an explanation method ``E``,
 
     SG(x)  = (1/n) Σ_k E(x + ε_k),         ε_k ~ N(0, σ²),  σ = noise_level · (hi − lo)
 
-"applicable to all basic explanation techniques", so ``base_method`` names any
-registered method (``gradient`` by default, as in the paper) and
-``base_params`` gives its parameters (not ``method``: that name is
-``salfw.explain``'s first argument). Variants (``variant``):
+"applicable to all basic explanation techniques", so ``base`` names any
+registered additive method (``gradient`` by default, as in the paper) with its
+own settings nested under it: ``base="integrated-gradients"`` and
+``base.steps=8`` (CLI ``--set base=integrated-gradients --set base.steps=8``;
+Python ``**{"base.steps": 8}`` or ``base={"name": "integrated-gradients",
+"steps": 8}``), validated against that method's parameters when SmoothGrad is
+made. (Not ``method``: that is ``salfw.explain``'s first argument.) Variants
+(``variant``):
 
 * ``smoothgrad``: the mean above;
 * ``smoothgrad-squared``: the mean of ``E(x + ε_k)²`` (Hooker, Erhan,
@@ -26,18 +30,22 @@ The paper measures the span per image (max − min of that image); salfw uses th
 model's ``input_range``, the same for every sample. Noisy inputs may leave the
 input range, as in the paper; ``clip=True`` clips them back.
 
-The n noise tensors are drawn once from ``seed`` with the shape of one sample
-and shared by every sample of the batch (so a batch equals its samples one by
-one). The N × n noisy copies are built in chunks of at most ``batch_size`` (a
-chunk of samples × a block of noise draws) and each chunk goes through the
-wrapped method's ``attribute`` as one batch, with the targets repeated; the
-wrapped method gets the same ``seed``. Its ``meta`` (e.g. integrated gradients'
+The n noise tensors are drawn once from the seed (the context's generator)
+with the shape of one sample and shared by every sample of the batch (so a
+batch equals its samples one by one). The N × n noisy copies go through the
+wrapped method's ``attribute`` in chunks of ``batch_size`` copies, each with its
+copies' targets and a fresh context of the same seed (so every chunk sees the
+wrapped method's same random draws, as one batch would, and the wrapped method
+chunks by its own ``batch_size``). Its ``meta`` (e.g. integrated gradients'
 convergence delta) is not kept; ``meta["noise_sigma"]`` records σ.
 
-``base_params``: a dict, or for the CLI a string of ``key=value`` pairs
-separated by commas, e.g. ``"steps=16,baseline=blur"``; a piece without ``=``
-continues the previous value, so tuples work: ``"size=4,4,stride=2"``.
-Scope: that of the wrapped method (local for gradients).
+SmoothGrad's class declares what its default, the gradient, is: a white-box,
+additive, local method. The model is checked by the wrapped method, so
+smoothing a black-box method (``base="occlusion"``) runs on a
+:class:`~salfw.core.models.BlackBox`, while a white-box one refuses it; the
+wrapped method's input kinds apply too. A wrapped method must give additive
+attributions (SmoothGrad's ``kind``): masks and comparative explanations are
+refused.
 """
 
 from __future__ import annotations
@@ -48,37 +56,14 @@ from typing import Any
 import torch
 
 from salfw.core.api import make_method
+from salfw.core.context import Context
 from salfw.core.contracts import Method
-from salfw.core.errors import ParameterError, UnknownNameError
+from salfw.core.errors import InputError, ParameterError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model
+from salfw.core.params import Component, batch_size, component, param, samples
 
 VARIANTS = ("smoothgrad", "smoothgrad-squared", "vargrad")
-
-
-def parse_params_spec(spec: Any) -> dict[str, Any]:
-    """``None`` -> {}; a dict passes through; ``"a=1,b=x,size=4,4"`` -> {"a": "1", "b": "x", "size": "4,4"}."""
-    if spec is None:
-        return {}
-    if isinstance(spec, dict):
-        return dict(spec)
-    if not isinstance(spec, str):
-        raise ParameterError(f"base_params must be a dict or a string 'key=value,key=value', got {spec!r}")
-    out: dict[str, Any] = {}
-    last = None
-    for piece in (p.strip() for p in spec.split(",")):
-        if not piece:
-            continue
-        if "=" in piece:
-            key, value = (s.strip() for s in piece.split("=", 1))
-            if not key:
-                raise ParameterError(f"base_params: empty parameter name in {spec!r}")
-            out[key], last = value, key
-        elif last is None:
-            raise ParameterError(f"base_params must look like 'key=value,key=value', got {spec!r}")
-        else:
-            out[last] = f"{out[last]},{piece}"
-    return out
 
 
 class SmoothGrad(Method):
@@ -92,60 +77,58 @@ class SmoothGrad(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        base_method: str = param("gradient", "the registered method to smooth")
-        base_params: object = param(None, "the wrapped method's parameters: a dict or 'key=value,key=value'")
+        base: Component = component("gradient", "method", "the registered method to smooth, with its settings "
+                                                          "as base.KEY=value")
         variant: str = param("smoothgrad", "mean, mean of squares, or variance of the noisy attributions",
                              choices=VARIANTS)
         noise_level: float = param(0.15, "noise standard deviation as a fraction of the input range", low=0.0)
-        samples: int = param(50, "noisy copies per input", low=1)
+        samples: int = samples(50, "noisy copies per input")
         clip: bool = param(False, "clip noisy inputs to the input range (the paper does not)")
-        batch_size: int = param(128, "noisy copies per call of the wrapped method", low=1)
+        batch_size: int = batch_size(128, "noisy copies per call of the wrapped method")
 
-    def __init__(self, params):
+    def __init__(self, params: Any):
         super().__init__(params)
-        if params.base_method == self.name:
-            raise ParameterError("smoothgrad cannot wrap itself; choose another method, e.g. 'gradient'")
-        try:
-            self.inner = make_method(params.base_method, **parse_params_spec(params.base_params))
-        except UnknownNameError as exc:
-            raise ParameterError(f"smoothgrad parameter 'base_method': {exc}") from None
-        # The wrapper explains what the wrapped method explains, on the models it accepts.
-        self.box = self.inner.box
-        self.kind = self.inner.kind
-        self.input_kinds = self.inner.input_kinds
+        if params.base.name == self.name:
+            raise ParameterError("smoothgrad cannot wrap itself; choose another method for 'base', e.g. 'gradient'")
+        self.wrapped = make_method(params.base.name, **params.base.kwargs)
+        if self.wrapped.kind != self.kind:
+            raise ParameterError(f"smoothgrad averages additive attributions; 'base' {self.wrapped.name!r} gives "
+                                 f"{self.wrapped.kind} explanations")
 
-    def check_model(self, model):
-        self.inner.check_model(model)
+    def check_model(self, model: Model) -> None:
+        self.wrapped.check_model(model)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        p = self.params
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+        p, base = self.params, self.wrapped
+        input_kind = "image" if x.dim() == 4 else "vector"
+        if input_kind not in base.input_kinds:
+            raise InputError(f"'{base.name}' (smoothgrad's base) explains {' or '.join(base.input_kinds)} "
+                             f"inputs, got a batch of {input_kind}s of shape {tuple(x.shape)}")
         lo, hi = model.input_range
-        generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn((p.samples, *x.shape[1:]), generator=generator, dtype=x.dtype).to(x.device)
-        noise *= p.noise_level * (hi - lo)  # σ as a fraction of the input range
-        chunk = min(x.shape[0], p.batch_size)
-        block = max(1, p.batch_size // chunk)
+        sigma = p.noise_level * (hi - lo)  # σ as a fraction of the input range
+        noise = torch.randn((p.samples, *x.shape[1:]), generator=ctx.generator, dtype=x.dtype).to(x.device) * sigma
+        base_batch = getattr(base.params, "batch_size", None)
         first = second = None
-        for i0 in range(0, x.shape[0], chunk):
-            xi, ti = x[i0:i0 + chunk], targets[i0:i0 + chunk]
-            for k0 in range(0, p.samples, block):
-                eps = noise[k0:k0 + block]
-                noisy = (xi[None] + eps[:, None]).reshape(-1, *x.shape[1:])
-                if p.clip:
-                    noisy = noisy.clamp(lo, hi)
-                result = self.inner.attribute(model, noisy, ti.repeat(eps.shape[0]), ctx)
-                attr = (result[0] if isinstance(result, tuple) else result).detach()
-                attr = attr.view(eps.shape[0], xi.shape[0], *attr.shape[1:])
-                if first is None:
-                    first = attr.new_zeros((x.shape[0], *attr.shape[2:]))
-                    second = torch.zeros_like(first) if p.variant != "smoothgrad" else None
-                first[i0:i0 + chunk] += attr.sum(0)
-                if second is not None:
-                    second[i0:i0 + chunk] += (attr * attr).sum(0)
+        for sl in ctx.batches(x.shape[0] * p.samples, p.batch_size, unit="copies"):
+            copy = torch.arange(sl.start, sl.stop, device=x.device)
+            i, k = copy // p.samples, copy % p.samples  # sample, noise draw
+            noisy = x[i] + noise[k]
+            if p.clip:
+                noisy = noisy.clamp(lo, hi)
+            # a fresh context of the same seed per chunk: the wrapped method's draws repeat, as for one batch
+            result = base.attribute(model, noisy, targets[i], Context(ctx.seed, batch_size=base_batch))
+            attr = (result[0] if isinstance(result, tuple) else result).detach()
+            if first is None:
+                first = attr.new_zeros((x.shape[0], *attr.shape[1:]))
+                second = torch.zeros_like(first) if p.variant != "smoothgrad" else None
+            first.index_add_(0, i, attr)
+            if second is not None:
+                second.index_add_(0, i, attr * attr)
+        assert first is not None  # at least one chunk: samples >= 1 and the batch is not empty
         mean = first / p.samples
-        meta = {"noise_sigma": p.noise_level * (hi - lo)}
-        if p.variant == "smoothgrad":
+        meta = {"noise_sigma": sigma}
+        if second is None:
             return mean, meta
         mean_sq = second / p.samples
         return (mean_sq if p.variant == "smoothgrad-squared" else mean_sq - mean * mean), meta

@@ -44,15 +44,18 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size
 from salfw.sdk.layers import is_spatial, model_label, trace
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
@@ -162,10 +165,11 @@ class VisualBackProp(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        batch_size: int = param(256, "samples per forward pass", low=1)
+        batch_size: int = batch_size(256, "samples per forward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
+        assert isinstance(model, WhiteBox)  # the white-box check above refused any other model
         if not any(isinstance(m, nn.Conv2d) for m in model.module.modules()):
             raise ModelRequirementError(f"{model_label(model)} has no nn.Conv2d layer; visual-backprop explains "
                                         f"convolutional networks")
@@ -175,11 +179,13 @@ class VisualBackProp(Method):
                           f"biases in {', '.join(biased[:6])}{', ...' if len(biased) > 6 else ''}: "
                           f"the map may show the biases' pattern rather than the input's", stacklevel=2)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        maps, layers = [], []
-        for start in range(0, x.shape[0], self.params.batch_size):
-            chunk_maps, layers = visual_backprop(model, x[start:start + self.params.batch_size])
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
+        maps: list[torch.Tensor] = []
+        layers: list[str] = []
+        for sl in ctx.batches(x.shape[0], self.params.batch_size):
+            chunk_maps, layers = visual_backprop(model, x[sl])
             maps.append(chunk_maps)
         return torch.cat(maps), {"layers": layers}
 

@@ -1,8 +1,10 @@
 """Backpropagation building blocks for gradient-family methods.
 
-* :func:`target_gradient`: ``∂ y_target / ∂ x`` per sample, batched (Simonyan et
-  al. 2014); the family's one backward helper (gradient, SmoothGrad,
-  integrated and expected gradients, guided backprop).
+* :func:`target_gradient`: ``∂ y_target / ∂ x`` per sample in one pass (Simonyan
+  et al. 2014); the family's one backward helper (gradient, input × gradient,
+  integrated and expected gradients, guided backprop and deconvnet). Like every
+  toolkit helper it handles the batch it is given; methods chunk with
+  :meth:`salfw.core.context.Context.batches`.
 * Rectifier overrides: :func:`guided_relus` (Springenberg et al. 2015, guided
   backpropagation: ReLU backward ``relu(g) * [x > 0]``) and
   :func:`deconvnet_relus` (Zeiler & Fergus 2014: ReLU backward ``relu(g)``),
@@ -23,19 +25,18 @@ from salfw.core.models import WhiteBox
 from salfw.sdk.layers import model_label
 
 
-def target_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``∂ y_target / ∂ x`` for each sample, in chunks of ``batch_size``; the logits' sum over the
-    batch is differentiated once per chunk (samples are independent)."""
-    grads = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size].detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = model.forward(chunk)
-            selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
-            (grad,) = torch.autograd.grad(selected, chunk)
-        grads.append(grad)
-    return torch.cat(grads)
+def target_gradient(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``∂ y_target / ∂ x`` for each sample of ``x``, in one forward and one backward pass: the
+    selected logits' sum over the batch is differentiated once (samples are independent).
 
+    Batching is the caller's: ``torch.cat([target_gradient(model, x[sl], targets[sl]) for sl in
+    ctx.batches(len(x), batch_size)])``."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = model.forward(x)
+        selected = out.gather(1, targets[:, None].to(out.device)).sum()
+        (grad,) = torch.autograd.grad(selected, x)
+    return grad
 
 
 class _DeconvReLU(torch.autograd.Function):
@@ -52,7 +53,7 @@ class _DeconvReLU(torch.autograd.Function):
 
 def relu_modules(model: WhiteBox) -> list[nn.Module]:
     """The ``nn.ReLU`` modules of the user's network, or a ModelRequirementError naming it."""
-    relus = [m for m in model.module.modules() if isinstance(m, nn.ReLU)]
+    relus: list[nn.Module] = [m for m in model.module.modules() if isinstance(m, nn.ReLU)]
     if not relus:
         raise ModelRequirementError(
             f"{model_label(model)} has no nn.ReLU module; guided backprop and deconvnet override the "

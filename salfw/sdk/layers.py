@@ -5,14 +5,15 @@ to the user's module, e.g. ``"features.7"`` or ``"layer4.1.relu"``; the
 preprocessing stage in front of it is never a candidate). Every hook these
 helpers add is removed in a ``finally`` block, so the user's model is left as
 it was even when a forward or backward pass raises (``salfw.core.guard``
-removes leftovers as well).
+removes leftovers as well). Each helper works on the batch it is given, in one
+pass; a method chunks its batch with :meth:`salfw.core.context.Context.batches`.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -128,30 +129,27 @@ def captured_output(layer: nn.Module, name: str, cut: bool = False) -> Iterator[
         handle.remove()
 
 
-def layer_activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, layer_name: str,
-                                    batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations ``A`` of the named layer and ``∂y_target/∂A`` for each sample, in chunks of ``batch_size``.
+def layer_activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor,
+                                    layer_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations ``A`` of the named layer and ``∂y_target/∂A`` for each sample of ``x``, in one
+    forward and one backward pass (batching is the caller's, as for
+    :func:`salfw.sdk.backprop.target_gradient`).
 
     The layer must be called exactly once per forward pass.
     """
     layer = resolve_layer(model, layer_name)
-    acts, grads = [], []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size]
-        with captured_output(layer, layer_name, cut=True) as store, torch.enable_grad():
-            out = model.forward(chunk)
-            if len(store) != 1:
-                raise ModelRequirementError(f"layer {layer_name!r} ({type(layer).__name__}) is called "
-                                            f"{len(store)} times per forward pass; pick a layer called once")
-            (act,) = store
-            selected = out.gather(1, targets[start:start + batch_size, None].to(out.device)).sum()
-            (grad,) = torch.autograd.grad(selected, act)
-        acts.append(act.detach())
-        grads.append(grad)
-    return torch.cat(acts), torch.cat(grads)
+    with captured_output(layer, layer_name, cut=True) as store, torch.enable_grad():
+        out = model.forward(x)
+        if len(store) != 1:
+            raise ModelRequirementError(f"layer {layer_name!r} ({type(layer).__name__}) is called "
+                                        f"{len(store)} times per forward pass; pick a layer called once")
+        (act,) = store
+        selected = out.gather(1, targets[:, None].to(out.device)).sum()
+        (grad,) = torch.autograd.grad(selected, act)
+    return act.detach(), grad
 
 
-def upsample(maps: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def upsample(maps: torch.Tensor, size: Sequence[int], mode: str) -> torch.Tensor:
     """Resize (N, 1, h, w) maps to the input's (H, W), as Captum's ``LayerAttribution.interpolate``
     (``F.interpolate`` with ``align_corners`` left at its default, False)."""
     return F.interpolate(maps, size=tuple(size), mode=mode)
