@@ -17,13 +17,12 @@ ratios are salfw time / the other time. Run: ``python benchmarks/bench_perturbat
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
+from timing import best_time
 
 import salfw
 from salfw.zoo.samples import load_samples
-from timing import best_time
 
 REPEATS = 3
 
@@ -48,7 +47,7 @@ def main():
     overheads = {}
     for cell in (4, 2):  # 49 superpixels, and 196 (a small maximum superpixel size, as in the thesis)
         label = f"lime 1000 samples, {(28 // cell) ** 2} superpixels"
-        lime_params = dict(segmentation="grid", cell=cell, num_samples=1000, perturbation="superpixel-mean",
+        lime_params = dict(segmentation="grid", cell=cell, samples=1000, perturbation="superpixel-mean",
                            batch_size=256)
         first = salfw.explain("lime", model, digit, **lime_params)
         segments = first.meta["segments"][0].numpy()
@@ -59,13 +58,13 @@ def main():
         keep = samples[:, torch.from_numpy(segments)].float()[:, None]
         perturbed = digit * keep + means * (1 - keep)
 
-        t_salfw = best_time(lambda: salfw.explain("lime", model, digit, **lime_params), REPEATS)
-        t_floor = best_time(lambda: model.probabilities(perturbed, 256), REPEATS)
+        t_salfw = best_time(lambda kw=lime_params: salfw.explain("lime", model, digit, **kw), REPEATS)
+        t_floor = best_time(lambda batch=perturbed: model.probabilities(batch, 256), REPEATS)
         rows.append((label, t_salfw, "bare forward passes (floor)", t_floor))
         overheads[label] = (t_salfw - t_floor) / t_floor
         target = int(first.targets[0])
         for lime_batch in (10, 256):
-            def run_lime():
+            def run_lime(target=target, lime_batch=lime_batch, segments=segments):
                 explainer = lime_image.LimeImageExplainer(random_state=0)
                 explainer.explain_instance(digit[0, 0].double().numpy(), classifier, labels=(target,),
                                            top_labels=None, hide_color=None, num_samples=1000,
@@ -73,7 +72,7 @@ def main():
             rows.append((label, t_salfw, f"lime library, batch_size={lime_batch}", best_time(run_lime, 2)))
 
     # -- RISE --------------------------------------------------------------------
-    t_rise = best_time(lambda: salfw.explain("rise", model, digit, num_masks=4000), REPEATS)
+    t_rise = best_time(lambda: salfw.explain("rise", model, digit, samples=4000), REPEATS)
     masks_only = torch.rand(4000, 1, 28, 28)
     rows.append(("rise 4000 masks (salfw)", t_rise, "bare forward passes", best_time(
         lambda: model.probabilities(digit * masks_only, 500), REPEATS)))
@@ -83,7 +82,8 @@ def main():
 
     batch = images
     targets = model.scores(batch).argmax(1)
-    t_occ = best_time(lambda: salfw.explain("occlusion", model, batch, target=targets, window=(4, 4), stride=(2, 2)), REPEATS)
+    t_occ = best_time(lambda: salfw.explain("occlusion", model, batch, target=targets, window=(4, 4),
+                                            stride=(2, 2)), REPEATS)
     occ = Occlusion(network)
     t_captum = best_time(lambda: occ.attribute(batch, sliding_window_shapes=(1, 4, 4), strides=(1, 2, 2), baselines=0.0,
                                           target=targets, perturbations_per_eval=256), REPEATS)

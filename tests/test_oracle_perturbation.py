@@ -48,7 +48,7 @@ def test_occlusion_matches_captum(window, stride, baseline, float64_default):
     x = torch.rand(3, 1, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     targets = torch.tensor([0, 3, 4])
     ours = salfw.explain("occlusion", salfw.WhiteBox(net), x, target=targets, window=window, stride=stride,
-                         perturbation="constant", perturbation_params={"value": baseline}).attributions
+                         perturbation={"name": "constant", "value": baseline}).attributions
     theirs = Occlusion(net).attribute(x, sliding_window_shapes=(1, *window), strides=(1, *stride),
                                       baselines=torch.full_like(x, baseline), target=targets,
                                       perturbations_per_eval=64)
@@ -85,7 +85,7 @@ def test_lime_image_matches_the_lime_library_given_the_same_samples():
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16 * 16, 4)).double()
     x = torch.rand(1, 1, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     ours = salfw.explain("lime", salfw.WhiteBox(net), x, target=2, segmentation="grid", cell=4,
-                         num_samples=300, top_labels=2)
+                         samples=300, top_labels=2)
     segments = ours.meta["segments"][0].numpy()
     labels = ours.meta["labels"][0]
 

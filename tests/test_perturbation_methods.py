@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 import salfw
-from salfw.core.errors import ParameterError
-from salfw.sdk.hiding import Hider, limit_size, segment, superpixel_mean, weighted_ridge
+from salfw.core.context import Context
+from salfw.core.errors import ParameterError, UnknownNameError
 from salfw.plugins.kernel_shap import all_coalitions, shapley_kernel
 from salfw.plugins.lime import sample_coalitions
 from salfw.plugins.rise import rise_masks
+from salfw.sdk.hiding import Hider, evaluate_coalitions, limit_size, segment, superpixel_mean, weighted_ridge
 
 
 class BasicModelMultiLayer(nn.Module):
@@ -86,7 +87,7 @@ def test_occlusion_captum_cases():
     """Captum's test_occlusion.py: test_simple_input_larger_shape and ..._with_stride."""
     x = torch.tensor([[20.0, 50.0, 30.0]])
     e = salfw.explain("occlusion", captum_model(), x, target=0, window=(2,), stride=(1,),
-                      perturbation="constant", perturbation_params={"value": 10.0})
+                      perturbation={"name": "constant", "value": 10.0})
     torch.testing.assert_close(e.attributions, torch.tensor([[200.0, 220.0, 240.0]]))
     e = salfw.explain("occlusion", captum_model(), x, target=0, window=(2,), stride=(2,))
     torch.testing.assert_close(e.attributions, torch.tensor([[280.0, 280.0, 120.0]]))
@@ -108,9 +109,11 @@ def test_occlusion_window_average_on_linear_model():
 
 
 def test_occlusion_refuses_superpixel_mean():
+    """superpixel-mean needs superpixels: only lime and kernel-shap accept it besides the registered fills."""
     model, _ = linear_image_model()
-    with pytest.raises(ParameterError, match="superpixel"):
-        salfw.explain("occlusion", model, rand((1, 1, 6, 6)), perturbation="superpixel-mean")
+    for name in ("occlusion", "rise"):
+        with pytest.raises(UnknownNameError, match="unknown perturbation 'superpixel-mean'"):
+            salfw.explain(name, model, rand((1, 1, 6, 6)), perturbation="superpixel-mean")
 
 
 # -- KernelSHAP -----------------------------------------------------------------------
@@ -130,15 +133,15 @@ class Additive(nn.Module):
         return self.terms(x).sum(1, keepdim=True)
 
 
-@pytest.mark.parametrize("d,num_samples", [(6, None), (10, 300)])
-def test_kernel_shap_additive_model_exact_and_sampled(d, num_samples):
+@pytest.mark.parametrize("d,samples", [(6, None), (10, 300)])
+def test_kernel_shap_additive_model_exact_and_sampled(d, samples):
     """On an additive model the Shapley value of feature j is g_j(x_j) - g_j(baseline_j)."""
     net = Additive(d, seed=d)
     model = salfw.WhiteBox(net, input_range=(-1.0, 1.0))
     x = rand((2, d), d, -1.0, 1.0)
     baseline = rand((d,), d + 1, -1.0, 1.0)
-    e = salfw.explain("kernel-shap", model, x, target=0, baseline=baseline, num_samples=num_samples)
-    assert e.meta["exact"] == [num_samples is None] * 2
+    e = salfw.explain("kernel-shap", model, x, target=0, baseline=baseline, samples=samples)
+    assert e.meta["exact"] == [samples is None] * 2
     expected = (net.terms(x) - net.terms(baseline[None])).detach()
     torch.testing.assert_close(e.attributions, expected, rtol=1e-7, atol=1e-7)
 
@@ -147,9 +150,8 @@ def test_kernel_shap_superpixels_on_linear_model():
     """Superpixel Shapley values of a linear model with black hiding: the sum of w (x - lo) per superpixel."""
     model, w = linear_image_model(5, shape=(1, 8, 8), classes=2)
     x = rand((1, 1, 8, 8), 5)
-    for num_samples in (None, 12):  # 4 superpixels: exact enumeration, then sampled (pairs)
-        e = salfw.explain("kernel-shap", model, x, target=1, segmentation="grid", cell=4,
-                          num_samples=num_samples)
+    for samples in (None, 12):  # 4 superpixels: exact enumeration, then sampled (pairs)
+        e = salfw.explain("kernel-shap", model, x, target=1, segmentation="grid", cell=4, samples=samples)
         contrib = (w[1].view(8, 8) * x[0, 0]).view(2, 4, 2, 4).sum((1, 3))
         expected = contrib.repeat_interleave(4, 0).repeat_interleave(4, 1)
         torch.testing.assert_close(e.attributions[0, 0], expected, rtol=1e-7, atol=1e-7)
@@ -163,6 +165,20 @@ def test_kernel_shap_captum_cases():
     torch.testing.assert_close(e.attributions, torch.tensor([[76.66666, 196.66666, 116.66666]]))
     e = salfw.explain("kernel-shap", captum_model(), x, target=0, baseline=[[10.0, 20.0, 10.0]])
     torch.testing.assert_close(e.attributions, torch.tensor([[40.0, 120.0, 80.0]]))
+
+
+def test_kernel_shap_baseline_resolves_like_every_reference():
+    """``baseline`` goes through salfw.sdk.reference: a number, a perturbation name or a batch of
+    references give the same values as the equivalent fill or per-input baselines."""
+    x = torch.tensor([[20.0, 50.0, 30.0], [5.0, 60.0, 90.0]])
+    black = salfw.explain("kernel-shap", captum_model(), x, target=0).attributions
+    for spec in (0.0, "black"):
+        torch.testing.assert_close(salfw.explain("kernel-shap", captum_model(), x, target=0,
+                                                 baseline=spec).attributions, black)
+    per_input = torch.tensor([[10.0, 20.0, 10.0], [0.0, 0.0, 0.0]])
+    both = salfw.explain("kernel-shap", captum_model(), x, target=0, baseline=per_input).attributions
+    torch.testing.assert_close(both[0], torch.tensor([40.0, 120.0, 80.0]))
+    torch.testing.assert_close(both[1], black[1])
 
 
 def test_shapley_kernel_weights_match_the_formula():
@@ -188,7 +204,7 @@ def test_lime_recovers_a_linear_models_superpixel_weights():
     fn = lambda a: (a.reshape(a.shape[0], -1).astype(np.float64) @ w.numpy().T)  # noqa: E731
     black_box = salfw.BlackBox(fn, input_range=(0.0, 1.0), output="logits")
     e = salfw.explain("lime", black_box, x.float(), target=0, segmentation="grid", cell=2, alpha=0.0,
-                      perturbation="black", output="scores", num_samples=300, kernel_width=1.0)
+                      perturbation="black", output="logits", samples=300, kernel_width=1.0)
     contrib = (w[0].view(8, 8) * x[0, 0]).view(4, 2, 4, 2).sum((1, 3)).reshape(-1)
     np.testing.assert_allclose(e.meta["weights"][0][0], contrib.numpy(), rtol=1e-4, atol=1e-4)
     assert abs(e.meta["intercept"][0][0]) < 1e-4
@@ -200,7 +216,7 @@ def test_lime_recovers_a_linear_models_superpixel_weights():
 def test_lime_top_labels_masks_and_meta():
     model, w = linear_image_model(2, shape=(1, 8, 8), classes=4)
     x = rand((2, 1, 8, 8), 2)
-    e = salfw.explain("lime", model, x, segmentation="grid", cell=2, top_labels=3, num_samples=200,
+    e = salfw.explain("lime", model, x, segmentation="grid", cell=2, top_labels=3, samples=200,
                       perturbation="inverse", mask_features=4)
     for n in range(2):
         labels = e.meta["labels"][n]
@@ -222,8 +238,8 @@ def test_lime_tabular_recovers_linear_coefficients_times_std():
                                                                                 dtype=torch.float64)
     model = salfw.WhiteBox(Linear(w))
     x = rand((2, 4), 1)
-    e = salfw.explain("lime", model, x, target=1, training_data=train, output="scores", alpha=0.0,
-                      num_samples=400)
+    e = salfw.explain("lime", model, x, target=1, training_data=train, output="logits", alpha=0.0,
+                      samples=400)
     expected = (w[1] * train.std(0, unbiased=False)).expand(2, 4)
     torch.testing.assert_close(e.attributions, expected, rtol=1e-6, atol=1e-6)
 
@@ -237,7 +253,7 @@ def test_lime_tabular_discretized_marks_a_decisive_feature():
     fn = lambda a: np.stack([(a[:, 0] > q3), (a[:, 0] <= q3)], 1).astype(np.float64)  # noqa: E731
     model = salfw.BlackBox(fn, output="probabilities")
     x = torch.tensor([[0.9, 0.1, 0.5]], dtype=torch.float64)
-    e = salfw.explain("lime", model, x, target=0, training_data=train, discretize=True, num_samples=500,
+    e = salfw.explain("lime", model, x, target=0, training_data=train, discretize=True, samples=500,
                       alpha=0.0)
     torch.testing.assert_close(e.attributions[0], torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64),
                                rtol=1e-8, atol=1e-8)
@@ -251,6 +267,23 @@ def test_lime_superpixel_mean_fill():
     torch.testing.assert_close(out[:, :3, :3], x[:, :3, :3].mean().expand(1, 3, 3))
     torch.testing.assert_close(out[:, :3, 3:], x[:, :3, 3:])
     torch.testing.assert_close(superpixel_mean(x, labels, 4)[:, 3:, 3:], x[:, 3:, 3:].mean().expand(1, 3, 3))
+
+
+def test_evaluate_coalitions_follows_the_contexts_batches():
+    """The hider's inputs are built and evaluated ``ctx.batch_size`` at a time; the chunking
+    changes nothing, and the model counts every input into the active context."""
+    model, w = linear_image_model(1, shape=(1, 6, 6), classes=2)
+    x = rand((1, 6, 6), 1)
+    labels = torch.from_numpy(segment(x, "grid", cell=3))
+    z = torch.from_numpy(np.random.default_rng(0).integers(0, 2, (11, 4)))
+    hider = Hider(x, labels, "superpixel-mean", (0.0, 1.0), None)
+    expected = hider(z).flatten(1) @ w.T
+    for size in (3, 11, None):
+        ctx = Context(batch_size=size)
+        with ctx.activated():
+            values = evaluate_coalitions(model, hider, z, torch.tensor([1, 0]), "logits", ctx)
+        torch.testing.assert_close(values, expected[:, [1, 0]])
+        assert ctx.forward_passes == 11
 
 
 def test_weighted_ridge_matches_sklearn():
@@ -310,7 +343,7 @@ def test_rise_constant_probability_gives_constant_saliency():
     """f_c = constant q: S = q * sum_i M_i / (N p), whose mean over pixels is q (up to sampling)."""
     fn = lambda a: np.tile([[0.25, 0.75]], (a.shape[0], 1))  # noqa: E731
     model = salfw.BlackBox(fn, output="probabilities")
-    e = salfw.explain("rise", model, rand((1, 1, 14, 14)).float(), target=1, num_masks=2000, grid=4)
+    e = salfw.explain("rise", model, rand((1, 1, 14, 14)).float(), target=1, samples=2000, grid=4)
     assert abs(e.attributions.mean().item() - 0.75) < 0.03
 
 
@@ -322,7 +355,7 @@ def test_rise_finds_the_pixel_a_model_looks_at():
 
     model = salfw.BlackBox(fn, output="probabilities")
     x = torch.ones(1, 1, 12, 12)
-    e = salfw.explain("rise", model, x, target=0, num_masks=1000, grid=6)
+    e = salfw.explain("rise", model, x, target=0, samples=1000, grid=6)
     assert int(e.attributions[0, 0].argmax()) // 12 in (1, 2, 3)
     assert abs(int(e.attributions[0, 0].argmax()) % 12 - 3) <= 1
 
@@ -337,21 +370,21 @@ def test_prediction_difference_is_zero_where_the_model_does_not_look():
 
     model = salfw.BlackBox(fn, output="probabilities")
     x = rand((1, 1, 10, 10), 1).float()
-    e = salfw.explain("prediction-difference", model, x, target=0, window=2, num_samples=4)
+    e = salfw.explain("prediction-difference", model, x, target=0, window=2, samples=4)
     a = e.attributions[0, 0]
     assert torch.all(a[5:, :] == 0) and torch.all(a[:, 5:] == 0)
     assert a[:3, :3].abs().min() > 0
 
 
 def test_prediction_difference_weight_of_evidence_formula():
-    """One feature, reference data with a single row: p(c|x\\i) is the model at that row, and
+    """One feature, baseline data with a single row: p(c|x\\i) is the model at that row, and
     WE = log2 odds(p) - log2 odds(p') after the Laplace correction."""
     fn = lambda a: np.stack([a[:, 0] * 0.8 + 0.1, 0.9 - a[:, 0] * 0.8], 1)  # noqa: E731
     model = salfw.BlackBox(fn, output="probabilities")
     x = torch.tensor([[0.9, 0.5]])
     ref = torch.tensor([[0.2, 0.3]])
-    e = salfw.explain("prediction-difference", model, x, target=0, window=1, reference=ref,
-                      training_size=100, num_samples=3)
+    e = salfw.explain("prediction-difference", model, x, target=0, window=1, baseline=ref,
+                      training_size=100, samples=3)
     lap = lambda p: (p * 100 + 1) / (100 + 2)  # noqa: E731
     odds = lambda p: math.log2(lap(p) / (1 - lap(p)))  # noqa: E731
     expected = odds(0.9 * 0.8 + 0.1) - odds(0.2 * 0.8 + 0.1)
@@ -361,10 +394,10 @@ def test_prediction_difference_weight_of_evidence_formula():
 # -- shared properties ----------------------------------------------------------------
 SETTINGS = {
     "occlusion": {"window": (3, 3), "stride": (2, 2)},
-    "lime": {"segmentation": "grid", "cell": 3, "num_samples": 100, "perturbation": "uniform-noise"},
-    "rise": {"num_masks": 200, "grid": 3, "perturbation": "blur", "perturbation_params": {"sigma": 1.0}},
-    "prediction-difference": {"window": 3, "num_samples": 3},
-    "kernel-shap": {"segmentation": "grid", "cell": 3, "num_samples": 40, "perturbation": "superpixel-mean"},
+    "lime": {"segmentation": "grid", "cell": 3, "samples": 100, "perturbation": "uniform-noise"},
+    "rise": {"samples": 200, "grid": 3, "perturbation": "blur", "perturbation.sigma": 1.0},
+    "prediction-difference": {"window": 3, "samples": 3},
+    "kernel-shap": {"segmentation": "grid", "cell": 3, "samples": 40, "perturbation": "superpixel-mean"},
 }
 
 
@@ -393,19 +426,46 @@ def test_numpy_callable_matches_the_torch_model_and_seed_fixes_the_result(name):
 def test_bad_perturbation_settings_are_clear_errors():
     model, _ = linear_image_model()
     x = rand((1, 1, 6, 6))
-    with pytest.raises(ParameterError, match="perturbation_params"):
-        salfw.explain("rise", model, x, perturbation="blur", perturbation_params=2.0)
+    with pytest.raises(ParameterError, match="'perturbation' names a perturbation"):
+        salfw.explain("rise", model, x, perturbation=2.0)
     with pytest.raises(salfw.core.errors.UnknownNameError):
         salfw.explain("lime", model, x, perturbation="smudge", segmentation="grid")
     with pytest.raises(ParameterError, match="sigma"):
-        salfw.explain("kernel-shap", model, x, perturbation="blur", perturbation_params={"sigma": -1.0},
-                      segmentation="grid")
+        salfw.explain("kernel-shap", model, x, segmentation="grid",
+                      **{"perturbation": "blur", "perturbation.sigma": -1.0})
+    with pytest.raises(ParameterError, match="'superpixel-mean' of method 'lime' takes no settings"):
+        salfw.explain("lime", model, x, segmentation="grid", perturbation={"name": "superpixel-mean", "sigma": 1})
+    with pytest.raises(ParameterError, match="unknown parameter.*perturbation_params"):
+        salfw.explain("occlusion", model, x, perturbation="blur", perturbation_params={"sigma": 1.0})
+
+
+def test_the_old_names_are_refused_with_the_new_ones():
+    model, _ = linear_image_model()
+    x = rand((1, 1, 6, 6))
+    cases = [("lime", {"num_samples": 10}, "'num_samples' is called 'samples'"),
+             ("kernel-shap", {"num_samples": 10}, "'num_samples' is called 'samples'"),
+             ("rise", {"num_masks": 10}, "'num_masks' is called 'samples'"),
+             ("prediction-difference", {"num_samples": 2}, "'num_samples' is called 'samples'"),
+             ("prediction-difference", {"reference": x}, "'reference' is called 'baseline'"),
+             ("occlusion", {"output": "scores"}, "'scores' is called 'logits'")]
+    for name, old, hint in cases:
+        with pytest.raises(ParameterError, match=hint):
+            salfw.explain(name, model, x, **old)
+
+
+def test_nested_perturbation_settings_equal_the_dict_form():
+    model, _ = linear_image_model(2)
+    x = rand((1, 1, 6, 6), 2)
+    dotted = salfw.explain("occlusion", model, x, window=(2, 2), **{"perturbation": "blur", "perturbation.sigma": 2})
+    as_dict = salfw.explain("occlusion", model, x, window=(2, 2), perturbation={"name": "blur", "sigma": 2.0})
+    assert torch.equal(dotted.attributions, as_dict.attributions)
+    assert dotted.params["perturbation"] == {"name": "blur", "sigma": 2.0}
 
 
 def test_lime_max_superpixel_size_reaches_single_pixels():
     model, w = linear_image_model(4, shape=(1, 6, 6), classes=2)
     x = rand((1, 1, 6, 6), 4)
-    e = salfw.explain("lime", model, x, segmentation="quickshift", max_superpixel_size=1, num_samples=50,
+    e = salfw.explain("lime", model, x, segmentation="quickshift", max_superpixel_size=1, samples=50,
                       perturbation="black")
     assert int(e.meta["segments"][0].max()) == 35
     assert e.meta["weights"][0].shape == (1, 36)

@@ -7,20 +7,26 @@ with the Shapley kernel
 
 and the efficiency constraint sum_j phi_j = f(x) - f(baseline) imposed exactly
 (the last coefficient is eliminated, as the ``shap`` library does). Hidden
-features take the ``baseline`` (an array shaped like one input) when given, else a
-perturbation's fill (``black`` by default, Captum's baseline 0 on [0, 1] inputs;
+features take the ``baseline`` when given (a reference input resolved by
+:func:`salfw.sdk.reference.reference`: an array shaped like one input or like the
+batch, a number, or a perturbation name whose fill of the whole input is the
+reference), else a perturbation's fill (``black`` by default, Captum's baseline 0
+on [0, 1] inputs; its settings nested, ``perturbation.sigma=2``;
 ``superpixel-mean`` fills each hidden superpixel with its own mean).
 
-When all 2^M - 2 proper coalitions fit in ``num_samples`` they are enumerated with
+When all 2^M - 2 proper coalitions fit in ``samples`` they are enumerated with
 their kernel weights, and the result is the exact Shapley value (the kernel
 regression's solution, Lundberg & Lee Theorem 2). Otherwise coalitions are
 sampled from the kernel's size distribution (sizes 1..M-1 with probability
 proportional to (M - 1) / (s (M - s)), then a uniform subset of that size) in
 complementary pairs, and fit with equal weights (sampling already follows the
-kernel). Default ``num_samples``: the ``shap`` library's 2 M + 2048. ``f`` is the
-target's raw score by default (Captum's KernelShap explains the model output);
-the attributions are each pixel's superpixel value (N, 1, H, W) for images, the
-feature values for vectors. Local explanation.
+kernel). Default ``samples``: the ``shap`` library's ``nsamples`` 2 M + 2048. ``f``
+is the target's logit (the model's raw score) by default (Captum's KernelShap
+explains the model output); the attributions are each pixel's superpixel value
+(N, 1, H, W) for images, the feature values for vectors. Each input's
+segmentation, coalitions (a NumPy generator) and random fills (a CPU torch
+generator) are seeded with the seed afresh, so a batch and its inputs one by one
+agree. Local explanation.
 """
 
 from __future__ import annotations
@@ -28,16 +34,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
-from salfw.core.contracts import Method
-from salfw.core.errors import ParameterError
+from salfw.core.context import Context
+from salfw.core.contracts import Method, Perturbation
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.hiding import (Hider, SegmentationParams, evaluate_coalitions, resolve_perturbation,
-                                        segment_with)
+from salfw.core.models import Model
+from salfw.core.params import Component, baseline, batch_size, output, samples
+from salfw.sdk.hiding import Hider, SegmentationParams, evaluate_coalitions, fill_component, resolve_fill, segment_with
+from salfw.sdk.reference import reference
 
 
 def shapley_kernel(m: int, sizes: np.ndarray) -> np.ndarray:
@@ -84,63 +92,53 @@ class KernelShap(Method):
     summary = "Shapley values by kernel-weighted regression over coalitions (Lundberg & Lee 2017)"
     scope = "local"
     random = True
-    test_params = {"segmentation": "grid", "cell": 4, "num_samples": 64}
+    test_params = {"segmentation": "grid", "cell": 4, "samples": 64}
 
     @dataclasses.dataclass(frozen=True)
     class Params(SegmentationParams):
-        num_samples: int | None = param(None, "coalitions to evaluate; None: shap's 2 M + 2048; exact "
-                                        "enumeration when 2^M - 2 fit", low=2)
-        perturbation: str = param("black", "how hidden features are filled: a registered perturbation "
-                                  "or superpixel-mean")
-        perturbation_params: object = param(None, "dict of the perturbation's parameters, e.g. {'sigma': 2}")
-        baseline: object = param(None, "array shaped like one input used for hidden features "
-                                 "(overrides the perturbation)")
-        output: str = param("scores", "explain raw scores (Captum) or softmax probabilities",
-                            choices=("scores", "probabilities"))
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        samples: int | None = samples(None, "coalitions to evaluate; None: shap's 2 M + 2048; exact "
+                                      "enumeration when 2^M - 2 fit", low=2)
+        perturbation: Component = fill_component("black", "how hidden features are filled: a registered "
+                                                 "perturbation or superpixel-mean")
+        baseline: object = baseline(None, "reference input for hidden features, overriding the perturbation: "
+                                    "an array shaped like one input (or the batch), a number, or a "
+                                    "perturbation name (its fill of the whole input)")
+        output: str = output("logits", "explain the logits (Captum) or the softmax probabilities")
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
-    def _baseline(self, x: torch.Tensor) -> torch.Tensor | None:
-        b = self.params.baseline
-        if b is None:
-            return None
-        b = torch.as_tensor(np.asarray(b.detach().cpu() if isinstance(b, torch.Tensor) else b))
-        if b.dim() == x.dim() and b.shape[0] == 1:
-            b = b[0]
-        if tuple(b.shape) != tuple(x.shape[1:]):
-            raise ParameterError(f"kernel-shap baseline must be shaped like one input "
-                                 f"{tuple(x.shape[1:])}, got {tuple(b.shape)}")
-        return b.to(device=x.device, dtype=x.dtype)
-
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        baseline = self._baseline(x)
-        fill = baseline if baseline is not None else resolve_perturbation(p.perturbation, p.perturbation_params)
+        fills: list[Perturbation | str | torch.Tensor]  # what hidden features of each input take
+        if p.baseline is None:
+            fills = [resolve_fill(p.perturbation)] * x.shape[0]
+        else:
+            given = np.asarray(p.baseline, dtype=np.float64) if isinstance(p.baseline, (list, tuple)) \
+                else p.baseline
+            fills = list(reference(given, x, model.input_range, ctx.generator).expand(x.shape))
         image = x.dim() == 4
         out = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device) if image \
             else torch.zeros_like(x)
-        meta = {"segments": [], "values": [], "exact": []}
+        meta: dict[str, Any] = {"segments": [], "values": [], "exact": []}
         for n in range(x.shape[0]):  # segmentations differ per input; each input's coalitions are batched
             if image:
-                labels = torch.from_numpy(segment_with(p, x[n], model.input_range, seed)).to(x.device)
+                labels = torch.from_numpy(segment_with(p, x[n], model.input_range, ctx.seed)).to(x.device)
             else:
                 labels = torch.arange(x.shape[1], device=x.device)
             m = int(labels.max()) + 1
-            count = p.num_samples if p.num_samples is not None else 2 * m + 2048
-            rng = np.random.default_rng(seed)
+            count = p.samples if p.samples is not None else 2 * m + 2048
             exact = m <= 30 and 2 ** m - 2 <= count
             if exact:
                 z = all_coalitions(m)
                 weights = shapley_kernel(m, z.sum(1)) if m > 1 else np.ones(0)
             else:
-                z = sampled_coalitions(rng, m, count)
+                z = sampled_coalitions(ctx.numpy_rng(), m, count)
                 weights = np.ones(z.shape[0])
             ends = np.stack([np.zeros(m), np.ones(m)])
-            generator = torch.Generator(device=x.device).manual_seed(seed)
-            hider = Hider(x[n], labels, fill, model.input_range, generator)
+            hider = Hider(x[n], labels, fills[n], model.input_range, ctx.fresh_generator())
             z_all = torch.from_numpy(np.concatenate([ends, z]))
-            values = evaluate_coalitions(model, hider, z_all, targets[n:n + 1], p.output, p.batch_size)[:, 0]
-            values = values.double().cpu().numpy()
+            values = evaluate_coalitions(model, hider, z_all, targets[n:n + 1], p.output, ctx)[:, 0] \
+                .double().cpu().numpy()
             f0, fx = values[0], values[1]
             phi = constrained_regression(z, values[2:] - f0, weights, fx - f0)
             phi_t = torch.from_numpy(phi).to(device=x.device, dtype=x.dtype)
@@ -152,5 +150,5 @@ class KernelShap(Method):
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(KernelShap)

@@ -11,8 +11,9 @@ probability 1/2 (lime's ``randint(0, 2)``), and at most ``max_off_fraction`` of 
 superpixels per sample (the thesis's "change fraction": when a draw switches off
 more, the excess is switched back on at random). Hidden superpixels take a
 perturbation's fill (``black``, ``white``, ``inverse`` -- the thesis's best on MNIST
---, ``blur``, noise, ...) or ``superpixel-mean``: each its own mean colour, lime's
-default ``hide_color=None``. The weights are lime's kernel
+--, ``blur``, noise, ...; its settings nested, ``perturbation.sigma=2``) or
+``superpixel-mean``: each its own mean colour, lime's default ``hide_color=None``.
+The weights are lime's kernel
 ``pi(z) = sqrt(exp(-d(z, 1)^2 / width^2))`` on the cosine distance to the
 all-kept vector (width 0.25, lime's image default), and the surrogate is
 ``Ridge(alpha=1)`` fit with those sample weights (lime's default regressor; with
@@ -38,33 +39,50 @@ training frequencies and takes a training value from that bin (lime draws from a
 truncated normal in the bin instead), and the surrogate is fit on "same bin as
 the input" indicators. Local explanation; ``top_labels`` makes it comparative
 across classes.
+
+Seeding: each sample's segmentation, binary samples z (a NumPy generator) and
+random fills (a CPU torch generator) are seeded with the seed afresh, so a batch
+and its samples one by one agree. ``samples`` perturbed inputs per explained
+sample (lime's ``num_samples``), evaluated ``batch_size`` at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import torch
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.hiding import (SUPERPIXEL_MEAN, Hider, SegmentationParams, resolve_perturbation,
-                                        segment_with, target_values, weighted_ridge)
+from salfw.core.models import Model
+from salfw.core.params import Component, batch_size, output, param, samples
+from salfw.sdk.hiding import (
+    SUPERPIXEL_MEAN,
+    Hider,
+    SegmentationParams,
+    evaluate_coalitions,
+    fill_component,
+    resolve_fill,
+    segment_with,
+    target_values,
+    weighted_ridge,
+)
 
 
-def sample_coalitions(rng: np.random.Generator, num_samples: int, features: int,
+def sample_coalitions(rng: np.random.Generator, count: int, features: int,
                       max_off_fraction: float) -> np.ndarray:
-    """Binary samples (S, M): row 0 all ones, the others Bernoulli(1/2) per feature with at
+    """Binary samples (count, M): row 0 all ones, the others Bernoulli(1/2) per feature with at
     most ``floor(max_off_fraction * M)`` zeros (excess zeros switched back at random)."""
-    z = rng.integers(0, 2, size=(num_samples, features))
+    z = rng.integers(0, 2, size=(count, features))
     z[0] = 1
     cap = int(math.floor(max_off_fraction * features + 1e-9))
     if cap < features:
-        priority = rng.random((num_samples, features))
+        priority = rng.random((count, features))
         priority[z == 1] = np.inf  # only switched-off features compete for the cap
         rank = np.argsort(np.argsort(priority, axis=1), axis=1)
         z[(z == 0) & (rank >= cap)] = 1
@@ -91,15 +109,14 @@ class Lime(Method):
     summary = "weighted linear surrogate over superpixels or features (Ribeiro et al. 2016)"
     scope = "local"
     random = True
-    test_params = {"segmentation": "grid", "cell": 2, "num_samples": 64}
+    test_params = {"segmentation": "grid", "cell": 2, "samples": 64}
 
     @dataclasses.dataclass(frozen=True)
     class Params(SegmentationParams):
-        perturbation: str = param(SUPERPIXEL_MEAN, "how hidden superpixels are filled: a registered "
-                                  "perturbation (black, white, inverse, blur, ...) or superpixel-mean "
-                                  "(lime's default hide_color=None)")
-        perturbation_params: object = param(None, "dict of the perturbation's parameters, e.g. {'sigma': 2}")
-        num_samples: int = param(1000, "perturbed samples (lime's default 1000)", low=2)
+        perturbation: Component = fill_component(SUPERPIXEL_MEAN, "how hidden superpixels are filled: a "
+                                                 "registered perturbation (black, white, inverse, blur, ...) "
+                                                 "or superpixel-mean (lime's default hide_color=None)")
+        samples: int = samples(1000, "perturbed samples (lime's default num_samples=1000)", low=2)
         max_off_fraction: float = param(1.0, "largest fraction of features switched off in one sample "
                                         "(GeoSal thesis's change fraction; 1 = lime)", low=0.0, high=1.0)
         kernel_width: float | None = param(None, "kernel width; None: 0.25 for images (lime_image), "
@@ -111,48 +128,44 @@ class Lime(Method):
                                        low=1)
         mask_features: int = param(5, "superpixels in the evidence masks, by |weight| "
                                    "(lime's get_image_and_mask default)", low=1)
-        output: str = param("probabilities", "model output the surrogate fits (lime: probabilities)",
-                            choices=("probabilities", "scores"))
+        output: str = output("probabilities", "model output the surrogate fits (lime: probabilities)")
         training_data: object = param(None, "vectors: training array (M, D) for the sampling statistics")
         discretize: bool = param(False, "vectors: quartile-discretise features (lime_tabular's discretizer)")
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
     # -- shared ---------------------------------------------------------------------
-    def _classes(self, model, x1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _classes(self, model: Model, x1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.params.top_labels is None:
             return target
         probs = model.probabilities(x1)[0]
         top = torch.argsort(probs, descending=True)[: self.params.top_labels].to(target.device)
         return torch.cat([target, top[top != target[0]]])
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         if self.params.kernel_width == 0:
             raise ParameterError("lime's kernel_width must be > 0 (it divides the distances)")
         if x.dim() == 4:
-            return self._images(model, x, targets, seed)
-        return self._vectors(model, x, targets, seed)
+            return self._images(model, x, targets, ctx)
+        return self._vectors(model, x, targets, ctx)
 
     # -- images ---------------------------------------------------------------------
-    def _images(self, model, x, targets, seed):
+    def _images(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        perturbation = resolve_perturbation(p.perturbation, p.perturbation_params)
+        fill = resolve_fill(p.perturbation)
         width = 0.25 if p.kernel_width is None else p.kernel_width
         out = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device)
-        meta = {k: [] for k in ("segments", "samples", "labels", "weights", "intercept", "score",
-                                "evidence_for", "evidence_against")}
+        meta: dict[str, Any] = {k: [] for k in ("segments", "samples", "labels", "weights", "intercept", "score",
+                                                "evidence_for", "evidence_against")}
         for n in range(x.shape[0]):  # segmentations differ per image; each image's samples are batched
-            labels = segment_with(p, x[n], model.input_range, seed)
+            labels = segment_with(p, x[n], model.input_range, ctx.seed)
             m = int(labels.max()) + 1
-            rng = np.random.default_rng(seed)
-            z = sample_coalitions(rng, p.num_samples, m, p.max_off_fraction)
-            generator = torch.Generator(device=x.device).manual_seed(seed)
+            z = sample_coalitions(ctx.numpy_rng(), p.samples, m, p.max_off_fraction)
             labels_t = torch.from_numpy(labels).to(x.device)
-            hider = Hider(x[n], labels_t, perturbation, model.input_range, generator)
+            hider = Hider(x[n], labels_t, fill, model.input_range, ctx.fresh_generator())
             classes = self._classes(model, x[n:n + 1], targets[n:n + 1])
-            values = torch.cat([target_values(model, hider(torch.from_numpy(z[i:i + p.batch_size])), classes,
-                                              p.output, p.batch_size)
-                                for i in range(0, p.num_samples, p.batch_size)])
+            values = evaluate_coalitions(model, hider, torch.from_numpy(z), classes, p.output, ctx)
             if p.distance == "cosine":
                 d = cosine_to_ones(z.astype(np.float64))
             else:
@@ -177,7 +190,7 @@ class Lime(Method):
         return out, meta
 
     # -- vectors --------------------------------------------------------------------
-    def _statistics(self, model, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _statistics(self, model: Model, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         data = self.params.training_data
         if data is None:
             lo, hi = model.input_range
@@ -189,7 +202,8 @@ class Lime(Method):
         std = data.std(0)
         return data.mean(0), np.where(std > 0, std, 1.0), data
 
-    def _vectors(self, model, x, targets, seed):
+    def _vectors(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                 ) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
         d = x.shape[1]
         mean, std, data = self._statistics(model, d)
@@ -197,20 +211,19 @@ class Lime(Method):
         if p.discretize and data is None:
             raise ParameterError("lime's discretize=True needs training_data (M, D) for the quartiles")
         out = torch.zeros_like(x)
-        meta = {k: [] for k in ("labels", "weights", "intercept", "score")}
+        meta: dict[str, Any] = {k: [] for k in ("labels", "weights", "intercept", "score")}
         for n in range(x.shape[0]):  # each sample's perturbations are batched
-            rng = np.random.default_rng(seed)
+            rng = ctx.numpy_rng()
             row = x[n].double().cpu().numpy()
-            if p.discretize:
-                samples, features = self._discretized(rng, row, data)
-                dist = np.sqrt(((features - features[0]) ** 2).sum(1))
+            if p.discretize and data is not None:
+                draws, features = self._discretized(rng, row, data)
             else:
-                samples = rng.standard_normal((p.num_samples, d)) * std + mean
-                samples[0] = row
-                features = (samples - mean) / std
-                dist = np.sqrt(((features - features[0]) ** 2).sum(1))
+                draws = rng.standard_normal((p.samples, d)) * std + mean
+                draws[0] = row
+                features = (draws - mean) / std
+            dist = np.sqrt(((features - features[0]) ** 2).sum(1))
             classes = self._classes(model, x[n:n + 1], targets[n:n + 1])
-            inputs = torch.from_numpy(samples).to(device=x.device, dtype=x.dtype)
+            inputs = torch.from_numpy(draws).to(device=x.device, dtype=x.dtype)
             values = target_values(model, inputs, classes, p.output, p.batch_size)
             coef, intercept, score = weighted_ridge(features, values.double().cpu().numpy(),
                                                     lime_kernel(dist, width), p.alpha)
@@ -221,22 +234,23 @@ class Lime(Method):
             meta["score"].append(score)
         return out, meta
 
-    def _discretized(self, rng, row: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _discretized(self, rng: np.random.Generator, row: np.ndarray, data: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
         """Samples drawn bin by bin (training quartiles) and their "same bin as the input" indicators."""
-        s = self.params.num_samples
+        s = self.params.samples
         cuts = np.quantile(data, [0.25, 0.5, 0.75], axis=0)  # (3, D)
         bins = np.stack([np.searchsorted(cuts[:, j], data[:, j], side="left") for j in range(data.shape[1])], 1)
         row_bins = np.array([np.searchsorted(cuts[:, j], row[j], side="left") for j in range(row.shape[0])])
         # a training row per (sample, feature): its value is the feature's draw, its bin the draw's bin
         picks = rng.integers(0, data.shape[0], size=(s, data.shape[1]))
         cols = np.arange(data.shape[1])[None]
-        samples = data[picks, cols]
+        draws = data[picks, cols]
         sample_bins = bins[picks, cols]
-        samples[0] = row
+        draws[0] = row
         sample_bins[0] = row_bins
-        return samples, (sample_bins == row_bins[None]).astype(np.float64)
+        return draws, (sample_bins == row_bins[None]).astype(np.float64)
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(Lime)

@@ -8,28 +8,34 @@ as Captum's ``Occlusion`` computes it (each pixel's sum over the windows that
 cover it divided by their count). The window
 covers all channels. Windows start at 0 and step by ``stride``; as in Captum there are
 ``ceil((size - window) / stride) + 1`` positions per axis, the last one cut at the
-border, so every pixel is covered. ``f_c`` is the target's raw score (logit) by default, as in Captum;
-``output="probabilities"`` uses the softmax probability, as in the paper's
-figures. The default fill is ``black`` (the low end of the input range; Captum's
-default baseline 0 is black for [0, 1] images; the paper uses a grey square:
-``perturbation="constant", perturbation_params={"value": 0.5}``).
+border, so every pixel is covered. ``f_c`` is the target's logit (the model's raw
+score) by default, as in Captum; ``output="probabilities"`` uses the softmax
+probability, as in the paper's figures. The default fill is ``black`` (the low end
+of the input range; Captum's default baseline 0 is black for [0, 1] images; the
+paper uses a grey square: ``perturbation={"name": "constant", "value": 0.5}``, on
+the CLI ``--set perturbation=constant --set perturbation.value=0.5``).
 
 Vectors: the window slides over the features (its last entry gives the width,
 likewise for ``stride``). All window positions of a sample are stacked and
-evaluated in chunks of ``batch_size``. Local explanation.
+evaluated in chunks of ``batch_size``; a random fill is drawn from a fresh CPU
+generator per sample (seeded with the seed), so a batch and its samples one by one
+agree. Local explanation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
+from salfw.core.api import make_perturbation
+from salfw.core.context import Context
 from salfw.core.contracts import Method
-from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-from salfw.sdk.hiding import SUPERPIXEL_MEAN, resolve_perturbation, target_values, window_masks
+from salfw.core.models import Model
+from salfw.core.params import Component, batch_size, component, output, param
+from salfw.sdk.hiding import target_values, window_masks
 
 
 class Occlusion(Method):
@@ -47,38 +53,33 @@ class Occlusion(Method):
                                         "vectors use the last entry as the feature window", low=1)
         stride: tuple[int, ...] = param((2, 2), "step between windows (rows, cols); vectors use the last entry",
                                         low=1)
-        perturbation: str = param("black", "how the window is deleted: a registered perturbation "
-                                  "(black = Captum's baseline 0 on [0, 1] images)")
-        perturbation_params: object = param(None, "dict of the perturbation's parameters, e.g. {'sigma': 2}")
-        output: str = param("scores", "explain raw scores (Captum) or softmax probabilities",
-                            choices=("scores", "probabilities"))
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        perturbation: Component = component("black", "perturbation", "how the window is deleted: a registered "
+                                            "perturbation (black = Captum's baseline 0 on [0, 1] images)")
+        output: str = output("logits", "explain the logits (Captum) or the softmax probabilities")
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        if p.perturbation == SUPERPIXEL_MEAN:
-            raise ParameterError("occlusion takes a registered perturbation; 'superpixel-mean' needs "
-                                 "superpixels (lime, kernel-shap)")
-        perturbation = resolve_perturbation(p.perturbation, p.perturbation_params)
+        perturbation = make_perturbation(p.perturbation)
         masks = window_masks(tuple(x.shape[1:]), p.window, p.stride, x.device, x.dtype)
         coverage = masks.sum(0)
         out = torch.zeros_like(x)
         for n in range(x.shape[0]):  # each sample: all its windows are batched
-            generator = torch.Generator(device=x.device).manual_seed(seed)  # same fills alone or in a batch
+            generator = ctx.fresh_generator()  # the same fills alone or in a batch
             target = targets[n:n + 1]
             base = target_values(model, x[n:n + 1], target, p.output, p.batch_size)[0, 0]
             total = torch.zeros_like(x[0])
-            for i in range(0, masks.shape[0], p.batch_size):
-                keep = 1 - masks[i:i + p.batch_size]
+            for rows in ctx.batches(masks.shape[0], unit="window"):
+                keep = 1 - masks[rows]
                 perturbed = perturbation.apply(x[n:n + 1].expand(keep.shape[0], *x.shape[1:]), keep,
                                                model.input_range, generator)
                 drop = base - target_values(model, perturbed, target, p.output, p.batch_size)[:, 0]
-                total += (drop.to(x.dtype).view(-1, *[1] * (x.dim() - 1)) * masks[i:i + p.batch_size]).sum(0)
+                total += (drop.to(x.dtype).view(-1, *[1] * (x.dim() - 1)) * masks[rows]).sum(0)
             out[n] = total / coverage
         return out
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(Occlusion)

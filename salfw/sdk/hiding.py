@@ -1,6 +1,8 @@
 """Helpers shared by the black-box perturbation family (LIME, KernelSHAP, occlusion,
-RISE, prediction difference): segmentation into superpixels, hiding superpixels
-with a perturbation, coalition sampling and a weighted ridge solver.
+RISE, prediction difference): segmentation into superpixels, window masks, hiding
+features with a perturbation (the :func:`fill_component` field and
+:func:`resolve_fill`), evaluating the perturbed inputs in batches
+(:func:`target_values`, :func:`evaluate_coalitions`) and a weighted ridge solver.
 
 Segmentation follows ``lime.wrappers.scikit_image.SegmentationAlgorithm``
 (quickshift with lime's defaults kernel_size=4, max_dist=200, ratio=0.2; SLIC;
@@ -20,9 +22,11 @@ import numpy as np
 import torch
 
 from salfw.core.api import make_perturbation
+from salfw.core.context import Context
 from salfw.core.contracts import Perturbation
 from salfw.core.errors import ParameterError
-from salfw.core.params import param
+from salfw.core.models import Model
+from salfw.core.params import Component, component, param
 
 SEGMENTATIONS = ("quickshift", "slic", "felzenszwalb", "grid")
 SUPERPIXEL_MEAN = "superpixel-mean"
@@ -52,7 +56,8 @@ def limit_size(labels: np.ndarray, max_size: int) -> np.ndarray:
     if not large.any():
         return labels
     cell = max(1, int(math.isqrt(int(max_size))))
-    grid = _grid_labels(*labels.shape, cell)
+    h, w = labels.shape
+    grid = _grid_labels(h, w, cell)
     n_cells = int(grid.max()) + 1
     combined = np.where(large, sizes.shape[0] + labels * n_cells + grid, labels)
     return _relabel(combined)
@@ -155,18 +160,17 @@ def window_masks(shape: tuple[int, ...], window: tuple[int, ...], stride: tuple[
     return masks.reshape(-1, 1, h, w).to(dtype)
 
 
-def resolve_perturbation(name: str, params: Any) -> Perturbation | str:
-    """A registered perturbation by name (with its parameters from a dict), or the
-    special ``superpixel-mean`` fill (each hidden superpixel takes its own mean, lime's
-    default ``hide_color=None``)."""
-    if params is not None and not isinstance(params, dict):
-        raise ParameterError(f"perturbation_params must be a dict of the perturbation's parameters, "
-                             f"got {type(params).__name__}")
-    if name == SUPERPIXEL_MEAN:
-        if params:
-            raise ParameterError(f"perturbation '{SUPERPIXEL_MEAN}' takes no parameters, got {params}")
-        return SUPERPIXEL_MEAN
-    return make_perturbation(name, **(params or {}))
+def fill_component(default: str, help: str) -> Any:
+    """Declare a ``perturbation`` field for superpixel hiding: a registered perturbation with
+    its settings nested (``perturbation.sigma=2``) or ``superpixel-mean`` (no settings)."""
+    return component(default, "perturbation", help, special=(SUPERPIXEL_MEAN,))
+
+
+def resolve_fill(spec: Component | str) -> Perturbation | str:
+    """The perturbation a :func:`fill_component` field names, or :data:`SUPERPIXEL_MEAN`
+    (each hidden superpixel takes its own mean, lime's default ``hide_color=None``)."""
+    name = spec.name if isinstance(spec, Component) else spec
+    return SUPERPIXEL_MEAN if name == SUPERPIXEL_MEAN else make_perturbation(spec)
 
 
 def superpixel_mean(image: torch.Tensor, labels: torch.Tensor, count: int) -> torch.Tensor:
@@ -197,10 +201,13 @@ class Hider:
         self.perturbation = fill if isinstance(fill, Perturbation) else None
         self.input_range = input_range
         self.generator = generator
+        self.fill: torch.Tensor | None = None
         if isinstance(fill, torch.Tensor):
             self.fill = fill.to(device=x.device, dtype=x.dtype)
-        else:
-            self.fill = superpixel_mean(x, self.labels, self.count) if fill == SUPERPIXEL_MEAN else None
+        elif fill == SUPERPIXEL_MEAN:
+            self.fill = superpixel_mean(x, self.labels, self.count)
+        elif self.perturbation is None:
+            raise ParameterError(f"a fill is a perturbation, '{SUPERPIXEL_MEAN}' or a tensor; got {fill!r}")
 
     def keep(self, z: torch.Tensor) -> torch.Tensor:
         """Keep-masks (S, 1, H, W) or (S, D) from z (S, M)."""
@@ -213,25 +220,27 @@ class Hider:
         x = self.x[None]
         if self.fill is not None:
             return x * keep + self.fill[None] * (1 - keep)
+        assert self.perturbation is not None  # __init__ accepts nothing else
         return self.perturbation.apply(x.expand(keep.shape[0], *self.x.shape), keep, self.input_range,
                                        self.generator)
 
 
-def target_values(model, inputs: torch.Tensor, targets: torch.Tensor, output: str,
-                  batch_size: int) -> torch.Tensor:
-    """Scores or probabilities (S, len(targets)) of the given classes for a batch of inputs."""
+def target_values(model: Model, inputs: torch.Tensor, targets: torch.Tensor, output: str,
+                  batch_size: int | None = None) -> torch.Tensor:
+    """The given classes' logits (the model's raw scores) or probabilities, as ``output`` says,
+    (S, len(targets)) for a batch of inputs; the model evaluates it in chunks of ``batch_size``
+    (its own default when None) and counts the passes."""
     scores = model.scores(inputs, batch_size)
     values = model.to_probabilities(scores) if output == "probabilities" else scores
     return values[:, targets.to(values.device)]
 
 
-def evaluate_coalitions(model, hider: Hider, z: torch.Tensor, targets: torch.Tensor, output: str,
-                        batch_size: int) -> torch.Tensor:
+def evaluate_coalitions(model: Model, hider: Hider, z: torch.Tensor, targets: torch.Tensor, output: str,
+                        ctx: Context) -> torch.Tensor:
     """Model outputs (S, T) for the perturbed inputs of coalitions z (S, M), built and
-    evaluated chunk by chunk so memory stays bounded by ``batch_size`` inputs."""
-    parts = [target_values(model, hider(z[i:i + batch_size]), targets, output, batch_size)
-             for i in range(0, z.shape[0], batch_size)]
-    return torch.cat(parts)
+    evaluated in the context's batches (the method's ``batch_size``), so memory stays bounded."""
+    return torch.cat([target_values(model, hider(z[rows]), targets, output, ctx.batch_size)
+                      for rows in ctx.batches(z.shape[0], unit="input")])
 
 
 def weighted_ridge(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: float
@@ -241,19 +250,19 @@ def weighted_ridge(X: np.ndarray, Y: np.ndarray, weights: np.ndarray, alpha: flo
     solve ``(Xc' W Xc + alpha I) b = Xc' W Yc``. Y is (S, T); returns coefficients
     (T, M), intercepts (T,) and the weighted R^2 (T,) as ``Ridge.score`` gives it.
     Solved in float64 with torch (its thread settings apply; small systems)."""
-    X = torch.from_numpy(np.asarray(X, dtype=np.float64))
-    Y = torch.from_numpy(np.asarray(Y, dtype=np.float64))
+    Xt = torch.from_numpy(np.asarray(X, dtype=np.float64))
+    Yt = torch.from_numpy(np.asarray(Y, dtype=np.float64))
     w = torch.from_numpy(np.asarray(weights, dtype=np.float64))
     total = w.sum()
-    x_mean = w @ X / total
-    y_mean = w @ Y / total
-    Xc = X - x_mean
-    Yc = Y - y_mean
-    gram = Xc.T @ (Xc * w[:, None]) + alpha * torch.eye(X.shape[1], dtype=torch.float64)
+    x_mean = w @ Xt / total
+    y_mean = w @ Yt / total
+    Xc = Xt - x_mean
+    Yc = Yt - y_mean
+    gram = Xc.T @ (Xc * w[:, None]) + alpha * torch.eye(Xt.shape[1], dtype=torch.float64)
     coef = torch.linalg.lstsq(gram, Xc.T @ (Yc * w[:, None])).solution.T
     intercept = y_mean - coef @ x_mean
-    residual = Y - (X @ coef.T + intercept)
+    residual = Yt - (Xt @ coef.T + intercept)
     ss_res = w @ residual ** 2
-    ss_tot = w @ (Y - y_mean) ** 2
+    ss_tot = w @ (Yt - y_mean) ** 2
     score = torch.where(ss_tot > 0, 1 - ss_res / torch.where(ss_tot > 0, ss_tot, 1.0), 0.0)
     return coef.numpy(), intercept.numpy(), score.numpy()
