@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import best_times
 
 import salfw
 from salfw.sdk.geometry import local_plane
 from salfw.zoo.samples import load_samples
-from timing import best_times
 
 
 def jacobian_torch_func(net, x):
@@ -37,22 +37,22 @@ def jacobian_torch_func(net, x):
     return jac, y - (jac * x[:, None]).flatten(2).sum(-1)
 
 
-def deepfool_reference_loop(net, x, labels, overshoot=0.02, max_iter=50, candidates=10):
+def deepfool_reference_loop(net, x, labels, overshoot=0.02, iterations=50, candidates=10):
     """The authors' single-sample DeepFool loop (one backward per candidate class), clipped to [0, 1]."""
     out = []
-    for x0, label in zip(x, labels.tolist()):
+    for x0, label in zip(x, labels.tolist(), strict=True):
         with torch.no_grad():
             order = [k for k in net(x0[None])[0].argsort(descending=True).tolist() if k != label]
         classes = [label] + order[:candidates - 1]
         total, xi = torch.zeros_like(x0), x0.clone()
-        for _ in range(max_iter):
+        for _ in range(iterations):
             xg = xi.clone().requires_grad_(True)
             y = net(xg[None])[0]
             if y.argmax().item() != label:
                 break
             grads = [torch.autograd.grad(y[k], xg, retain_graph=True)[0] for k in classes]
             best, step = float("inf"), None
-            for k, grad in zip(classes[1:], grads[1:]):
+            for k, grad in zip(classes[1:], grads[1:], strict=True):
                 w, f = grad - grads[0], (y[k] - y[label]).item()
                 norm = w.norm().item()
                 if norm > 0 and abs(f) / norm < best:
@@ -63,6 +63,24 @@ def deepfool_reference_loop(net, x, labels, overshoot=0.02, max_iter=50, candida
             xi = (x0 + (1 + overshoot) * total).clamp(0, 1)
         out.append(xi)
     return torch.stack(out)
+
+
+def contenders(model, x):
+    """(row name, salfw's run, the peer's run or None, the peer's name) for one model."""
+    net = model.network().eval()
+    with torch.no_grad():
+        predicted = net(x).argmax(1)
+    return [
+        ("local-linear (explain)", lambda: salfw.explain("local-linear", model, x), None, ""),
+        ("local plane, all rows", lambda: local_plane(model, x),
+         lambda: jacobian_torch_func(net, x), "torch.func vmap(jacrev)"),
+        ("deepfool (explain, clip-aware)", lambda: salfw.explain("deepfool", model, x), None, ""),
+        ("deepfool (explain, clip_aware=False)",
+         lambda: salfw.explain("deepfool", model, x, clip_aware=False),
+         lambda: deepfool_reference_loop(net, x, predicted), "reference loop"),
+        ("geosal (explain, all classes)", lambda: salfw.explain("geosal", model, x, threshold=0.0), None,
+         "target 0.05 s (mlp)"),
+    ]
 
 
 def main():
@@ -80,21 +98,7 @@ def main():
     print(f"{'model':<11}{'method':<38}{'salfw':>10}{'peer':>10}{'ratio':>8}  peer")
     for spec in ("mnist-mlp", "mnist-cnn"):
         model = salfw.load_model(f"builtin:{spec}")
-        net = model.network().eval()
-        with torch.no_grad():
-            predicted = net(x).argmax(1)
-        rows = [
-            ("local-linear (explain)", lambda: salfw.explain("local-linear", model, x), None, ""),
-            ("local plane, all rows", lambda: local_plane(model, x),
-             lambda: jacobian_torch_func(net, x), "torch.func vmap(jacrev)"),
-            ("deepfool (explain, clip-aware)", lambda: salfw.explain("deepfool", model, x), None, ""),
-            ("deepfool (explain, clip_aware=False)",
-             lambda: salfw.explain("deepfool", model, x, clip_aware=False),
-             lambda: deepfool_reference_loop(net, x, predicted), "reference loop"),
-            ("geosal (explain, all classes)", lambda: salfw.explain("geosal", model, x, threshold=0.0), None,
-             "target 0.05 s (mlp)"),
-        ]
-        for name, ours, peer, peer_name in rows:
+        for name, ours, peer, peer_name in contenders(model, x):
             if peer is None:
                 (t_ours,) = best_times([ours], args.repeat)
                 print(f"{spec:<11}{name:<38}{t_ours / n:>10.4f}{'-':>10}{'-':>8}  {peer_name}")

@@ -176,7 +176,7 @@ def deepfool_linear_closed_form(layer, x, overshoot):
     return ((1 + overshoot) * r).detach(), nearest
 
 
-def deepfool_reference(net, x0, label, lo, hi, overshoot, max_iter, candidates, clip_aware):
+def deepfool_reference(net, x0, label, lo, hi, overshoot, limit, candidates, clip_aware):
     """One sample, one backward per class: the authors' reference loop, with clipping added."""
     with torch.no_grad():
         scores = net(x0[None])[0]
@@ -186,11 +186,11 @@ def deepfool_reference(net, x0, label, lo, hi, overshoot, max_iter, candidates, 
     while True:
         xg = x.clone().requires_grad_(True)
         y = net(xg[None])[0]
-        if y.argmax().item() != label or iterations == max_iter:
+        if y.argmax().item() != label or iterations == limit:
             return x, iterations
         grads = [torch.autograd.grad(y[k], xg, retain_graph=True)[0] for k in classes]
         best = float("inf")
-        for k, grad in zip(classes[1:], grads[1:]):
+        for k, grad in zip(classes[1:], grads[1:], strict=True):
             w, f = grad - grads[0], (y[k] - y[label]).item()
             if clip_aware:
                 w = w * ~(((x <= lo) & (w < 0)) | ((x >= hi) & (w > 0)))
@@ -210,7 +210,7 @@ def test_deepfool_batched_equals_the_reference_loop(clip_aware):
     net = random_mlp(8, 2, 12, False, True, classes=6)
     x = inputs(8, (6, 12)) * 0.4 + 0.3 * (inputs(9, (6, 12)) > 0.5)  # some pixels near the bounds
     x[:, :3] = 0.0
-    e = salfw.explain("deepfool", salfw.WhiteBox(net), x, candidates=4, max_iter=15, clip_aware=clip_aware,
+    e = salfw.explain("deepfool", salfw.WhiteBox(net), x, candidates=4, iterations=15, clip_aware=clip_aware,
                       overshoot=0.1)
     for i in range(6):
         adv, iterations = deepfool_reference(net, x[i], e.targets[i].item(), 0.0, 1.0, 0.1, 15, 4, clip_aware)
@@ -236,7 +236,7 @@ def test_deepfool_on_a_linear_classifier_is_its_closed_form(overshoot):
 def test_deepfool_reports_success_truthfully(seed, cnn):
     net = random_cnn(seed, 3, True) if cnn else random_mlp(seed, 2, 10, False, True)
     x = inputs(seed, (5, 1, 8, 8) if cnn else (5, 12))
-    e = salfw.explain("deepfool", salfw.WhiteBox(net), x, max_iter=20)
+    e = salfw.explain("deepfool", salfw.WhiteBox(net), x, iterations=20)
     adv = e.meta["adversarial"]
     assert 0 <= adv.min() and adv.max() <= 1
     torch.testing.assert_close(adv - x, e.attributions)
@@ -265,7 +265,7 @@ def test_geosal_on_a_linear_layer_is_the_projection_onto_the_hyperplane():
     torch.testing.assert_close(wide["adversarial"], (x - 1.001 * (d / (w * w).sum(1))[:, None] * w).detach())
     assert wide["converged"].all() and wide["iterations"].tolist() == [1] * 6
     # the unit box: the first step is the projection, clipped
-    first = geosal_search(layer, x, p, q, 4, (0.0, 1.0), overshoot=0.0, max_iter=1)
+    first = geosal_search(layer, x, p, q, 4, (0.0, 1.0), overshoot=0.0, iterations=1)
     torch.testing.assert_close(first["adversarial"], projection.clamp(0, 1))
 
 
@@ -278,7 +278,7 @@ def test_geosal_jumps_to_the_limit_of_the_geometric_series():
         layer.bias.copy_(torch.tensor([-0.2, 0.0]))
     x = torch.tensor([[0.05, 0.9]], dtype=torch.float64)
     p, q = torch.tensor([0]), torch.tensor([1])
-    result = geosal_search(layer, x, p, q, 2, (0.0, 1.0), overshoot=0.0, max_iter=3)
+    result = geosal_search(layer, x, p, q, 2, (0.0, 1.0), overshoot=0.0, iterations=3)
     torch.testing.assert_close(result["adversarial"], torch.tensor([[0.0, 0.4]], dtype=torch.float64))
     converged = geosal_search(layer, x, p, q, 2, (0.0, 1.0))
     assert converged["converged"].all() and converged["iterations"].item() == 3
@@ -290,7 +290,7 @@ def test_geosal_jumps_to_the_limit_of_the_geometric_series():
 def test_geosal_reaches_the_other_class_or_says_so(seed, cnn, signed):
     net = random_cnn(seed, 3, True) if cnn else random_mlp(seed, 2, 10, seed % 2 == 0, True)
     x = inputs(seed, (3, 1, 8, 8) if cnn else (3, 12))
-    e = salfw.explain("geosal", salfw.WhiteBox(net), x, threshold=0.0, signed=signed, max_iter=30)
+    e = salfw.explain("geosal", salfw.WhiteBox(net), x, threshold=0.0, signed=signed, iterations=30)
     k = 4 if cnn else 5
     meta = e.meta
     p = torch.tensor(meta["predicted"])
@@ -357,3 +357,20 @@ def test_geosal_threshold_and_versus_select_the_compared_classes():
         salfw.explain("geosal", model, x, target=3, versus=3)
     with pytest.raises(salfw.TargetError, match="out of range"):
         salfw.explain("geosal", model, x, versus=7)
+
+
+def test_pass_counts_include_every_batched_row():
+    # local-linear: one probe of the output count, then one forward and one backward pass per sample
+    model = salfw.WhiteBox(random_mlp(7, 2, 8, False, True))
+    e = salfw.explain("local-linear", model, inputs(7, (5, 12)), batch_size=2)
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (1 + 5, 5)
+    # deepfool on a linear classifier: the scores, then two iterations (the step, then the check) of all
+    # 8 samples, each differentiating the 5 rows y_k − y_k̂ of the other candidates
+    layer = seeded(11, lambda: nn.Linear(9, 6))
+    e = salfw.explain("deepfool", salfw.WhiteBox(layer, input_range=(-50, 50)), inputs(11, (8, 9)), batch_size=7)
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (8 + 2 * 8, 2 * 8 * 5)
+    # geosal, one compared class: the probabilities, then the iterations of each pair (one row each)
+    e = salfw.explain("geosal", salfw.WhiteBox(layer, input_range=(-100, 100)), inputs(11, (8, 9)), versus=None,
+                      threshold=1.0)
+    steps = int((e.meta["iterations"] + 1).sum())
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (8 + steps, steps)

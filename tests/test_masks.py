@@ -10,16 +10,33 @@ formulas on hand-made inputs. Iterations are kept small (fast on a 2-core CPU).
 
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import nn
 
 import salfw
 from salfw.core.errors import ModelRequirementError, ParameterError
-from salfw.sdk.masks import jitter, l1, low_res_shape, total_variation, upsample
-from salfw.plugins.extremal_perturbation import (SmoothMask, apply_pyramid, area_loss, area_reference,
-                                                 perturbation_pyramid, smooth_kernel)
+from salfw.core.registry import get_registry
+from salfw.plugins.extremal_perturbation import area_loss, area_reference
 from salfw.plugins.noise_mask import feature_mse, noise_beta0, noise_mask_loss
-from salfw.plugins.real_time_saliency import (classifier_fingerprint, load_masker, masker_loss, save_masker,
-                                              train_masker)
+from salfw.plugins.real_time_saliency import (
+    classifier_fingerprint,
+    load_masker,
+    masker_loss,
+    save_masker,
+    train_masker,
+    train_masker_command,
+)
+from salfw.sdk.masks import (
+    SmoothMask,
+    apply_pyramid,
+    jitter,
+    l1,
+    low_res_shape,
+    perturbation_pyramid,
+    smooth_kernel,
+    total_variation,
+    upsample,
+)
 
 SIZE = 32
 HALF = SIZE // 2
@@ -64,11 +81,13 @@ def quadrant_share(a: torch.Tensor) -> torch.Tensor:
 
 # -- localisation -------------------------------------------------------------------
 LOCALISATION = [
-    ("meaningful-perturbation", 4.0, dict(mode="deletion", iterations=60, factor=4, perturbation="constant",
-                                          value=0.0, lambda1=1e-3, lambda2=1e-4, jitter=0, mask_sigma=0.0)),
-    ("meaningful-perturbation", 4.0, dict(mode="preservation", iterations=60, factor=4, perturbation="constant",
-                                          value=0.0, lambda1=1e-3, lambda2=1e-4, jitter=0, mask_sigma=0.0)),
-    ("extremal-perturbation", 100.0, dict(variant="dual", perturbation="fade", areas=(0.25,), iterations=60,
+    ("meaningful-perturbation", 4.0, dict(mode="deletion", iterations=60, factor=4,
+                                          perturbation={"name": "constant", "value": 0.0}, lambda1=1e-3,
+                                          lambda2=1e-4, jitter=0, mask_sigma=0.0)),
+    ("meaningful-perturbation", 4.0, dict(mode="preservation", iterations=60, factor=4,
+                                          perturbation={"name": "constant", "value": 0.0}, lambda1=1e-3,
+                                          lambda2=1e-4, jitter=0, mask_sigma=0.0)),
+    ("extremal-perturbation", 100.0, dict(variant="dual", pyramid="fade", areas=(0.25,), iterations=60,
                                           learning_rate=0.1, jitter=False)),
     ("noise-mask", 4.0, dict(iterations=150, learning_rate=0.1)),
 ]
@@ -114,6 +133,7 @@ def test_real_time_saliency_masker_learns_the_quadrant(tmp_path):
 # -- determinism and range -------------------------------------------------------------
 @pytest.mark.parametrize("name,params", [
     ("meaningful-perturbation", dict(iterations=5, perturbation="noise")),
+    ("meaningful-perturbation", dict(iterations=5, perturbation="uniform-noise")),
     ("meaningful-perturbation", dict(iterations=5, mode="preservation")),
     ("extremal-perturbation", dict(iterations=5, areas=(0.1, 0.3), variant="delete")),
     ("noise-mask", dict(iterations=5)),
@@ -151,7 +171,7 @@ def test_total_variation_and_l1_formulas():
 def test_meaningful_perturbation_reports_its_loss_terms():
     model = salfw.WhiteBox(Quadrant(4.0))
     e = salfw.explain("meaningful-perturbation", model, quadrant_images(2), target=0, iterations=3, factor=16,
-                      perturbation="constant", value=0.0)
+                      **{"perturbation": "constant", "perturbation.value": 0.0})
     mask = e.meta["mask"]
     # total = λ1·L1 + λ2·TV + the target's probability (deletion game)
     for i in range(2):
@@ -233,7 +253,7 @@ def test_noise_mask_meta_and_intermediate_layer():
 
 def test_noise_mask_stops_on_convergence():
     model = salfw.WhiteBox(Quadrant(4.0))
-    e = salfw.explain("noise-mask", model, quadrant_images(2), iterations=400, tol=1e-2, window=5,
+    e = salfw.explain("noise-mask", model, quadrant_images(2), iterations=400, tolerance=1e-2, window=5,
                       learning_rate=0.1)
     assert all(5 < it < 400 for it in e.meta["iterations"])
 
@@ -266,7 +286,7 @@ def test_jitter_shifts_the_whole_batch_alike():
 def test_extremal_perturbation_masks_for_every_area():
     model = salfw.WhiteBox(Quadrant(100.0))
     e = salfw.explain("extremal-perturbation", model, quadrant_images(2), target=0, areas=(0.1, 0.25, 0.5),
-                      iterations=3, output="sum")
+                      iterations=3, combine="sum")
     masks = e.meta["masks"]
     assert masks.shape == (2, 3, SIZE, SIZE)
     assert torch.allclose(e.attributions[:, 0], masks.sum(dim=1))
@@ -279,3 +299,55 @@ def test_requires_a_white_box():
         assert salfw.methods()[name].kind == "mask"
         with pytest.raises(ModelRequirementError, match="WhiteBox"):
             salfw.explain(name, black, quadrant_images(1))
+
+
+# -- settings, pass counts and the train-masker command -------------------------------------
+def test_meaningful_perturbation_fills_take_the_papers_defaults_unless_set():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    x = quadrant_images(2)
+    default = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3)
+    sigma = 10.0 * SIZE / 224  # 10 px at 224 px, scaled to the input
+    assert default.meta["perturbation"] == {"name": "blur", "sigma": pytest.approx(sigma)}
+    explicit = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3,
+                             **{"perturbation.sigma": sigma})
+    assert torch.equal(default.attributions, explicit.attributions)
+    other = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3, **{"perturbation.sigma": 3.0})
+    assert not torch.equal(default.attributions, other.attributions)
+    middle = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3, perturbation="constant")
+    assert middle.meta["perturbation"] == {"name": "constant", "value": 0.5}
+    with pytest.raises(ParameterError, match="sigma"):
+        salfw.explain("meaningful-perturbation", model, x, **{"perturbation.sigma": "wide"})
+    with pytest.raises(ParameterError, match="takes no settings"):
+        salfw.explain("meaningful-perturbation", model, x, perturbation={"name": "noise", "sigma": 2})
+
+
+def test_renamed_settings_are_refused_with_a_hint():
+    with pytest.raises(ParameterError, match="'tol' is called 'tolerance'"):
+        salfw.explain("noise-mask", salfw.WhiteBox(Quadrant(4.0)), quadrant_images(1), tol=1e-3)
+    with pytest.raises(ParameterError, match="'logit' is called 'logits'"):
+        salfw.explain("extremal-perturbation", salfw.WhiteBox(Quadrant(4.0)), quadrant_images(1), reward="logit")
+
+
+def test_pass_counts():
+    model = salfw.WhiteBox(Quadrant(4.0))
+    x = quadrant_images(2)
+    # one forward and one backward pass per sample and iteration, and one final forward pass
+    e = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3)
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * 4, 2 * 3)
+    # every (sample, area) mask, twice for the dual variant
+    e = salfw.explain("extremal-perturbation", model, x, target=0, iterations=3, areas=(0.1, 0.2), variant="dual")
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * 2 * 2 * 4, 2 * 2 * 2 * 3)
+    # the clean and the noise image, each iteration and the final covered image; a layer counts like the logits
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(2, 3))
+    for layer in (None, "1"):
+        e = salfw.explain("noise-mask", salfw.WhiteBox(net), x, target=0, iterations=4, layer=layer)
+        assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * (2 + 4 + 1), 2 * 4), layer
+
+
+def test_the_plugin_registers_the_train_masker_command(tmp_path, monkeypatch):
+    entry = get_registry().table("command")["train-masker"]
+    assert entry.obj is train_masker_command and entry.plugin == "real-time-saliency"
+    monkeypatch.setenv("SALFW_MNIST_DIR", str(tmp_path))
+    result = CliRunner().invoke(train_masker_command, ["--out", str(tmp_path / "m.safetensors")])
+    assert result.exit_code != 0 and "MNIST not found" in result.output

@@ -10,7 +10,7 @@ crossed by the smallest step::
     r_i = |f'_l| / ‖w'_l‖² · w'_l,   r̂ = Σ_i r_i
 
 until the label of ``x_0 + (1 + η) r̂`` differs from ``k̂``. Defaults from the
-paper: overshoot ``η = 0.02``, at most 50 iterations and the 10 classes with the
+paper: overshoot ``η = 0.02``, at most 50 iterations (``iterations``) and the 10 classes with the
 highest original scores as candidates (section 4, as in the authors' reference
 code, which also checks the label of the overshot point at every iteration).
 Every point is clipped into the model's ``input_range`` (the paper works in an
@@ -33,33 +33,39 @@ perturbation after zero iterations.
 
 All samples iterate together; finished samples are masked out, and each
 iteration is one batched forward/backward pass over the active samples times
-(candidates − 1) rows (:func:`salfw.sdk.geometry.plane_rows`). ``meta``:
-``adversarial`` (the examples), ``adversarial_class``, ``iterations``,
-``success`` (whether the label changed within ``max_iter`` iterations). A
-comparative explanation (the step towards the nearest other class's region),
-local.
+(candidates − 1) rows (:func:`salfw.sdk.geometry.plane_rows`), counted as that
+many backward passes. ``meta``: ``adversarial`` (the examples),
+``adversarial_class``, ``iterations`` (used per sample), ``success`` (whether
+the label changed within ``iterations`` iterations). A comparative explanation
+(the step towards the nearest other class's region), local.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, iterations, param
 from salfw.sdk.geometry import plane_rows
 
 
-def deepfool(forward, x: torch.Tensor, targets: torch.Tensor, input_range: tuple[float, float], *,
-             overshoot: float = 0.02, max_iter: int = 50, candidates: int = 10, clip_aware: bool = True,
-             batch_size: int = 256) -> dict[str, torch.Tensor]:
+def deepfool(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, targets: torch.Tensor,
+             input_range: tuple[float, float], *, overshoot: float = 0.02, iterations: int = 50,
+             candidates: int = 10, clip_aware: bool = True, batch_size: int = 256,
+             ctx: Context | None = None) -> dict[str, torch.Tensor]:
     """Batched multi-class DeepFool of ``x`` away from ``targets`` (see the module docs).
 
-    ``forward`` maps a batch to logits (N, K). Returns a dict with
-    ``perturbation`` (``adversarial − x``), ``adversarial``, ``adversarial_class``,
-    ``iterations``, ``success`` and ``backward_rows`` (samples × rows differentiated).
+    ``forward`` maps a batch to logits (N, K); at most ``iterations`` steps, reported
+    to ``ctx``'s progress bar when given. Returns a dict with ``perturbation``
+    (``adversarial − x``), ``adversarial``, ``adversarial_class``, ``iterations``
+    (used per sample) and ``success``.
     """
     lo, hi = input_range
     n = x.shape[0]
@@ -75,44 +81,47 @@ def deepfool(forward, x: torch.Tensor, targets: torch.Tensor, input_range: tuple
 
     total = torch.zeros_like(x)
     current = x.detach().clone()
-    iterations = torch.zeros(n, dtype=torch.long, device=device)
+    used = torch.zeros(n, dtype=torch.long, device=device)
     success = torch.zeros(n, dtype=torch.bool, device=device)
     label = targets.clone()
     active = torch.arange(n, device=device)
-    rows = 0
-    for step in range(max_iter + 1):
-        if active.numel() == 0:
-            break
-        w, f, _, y = plane_rows(forward, current[active], selection[active], batch_size)
-        rows += active.numel() * selection.shape[1]
-        label[active] = y.argmax(dim=1)
-        fooled = label[active] != targets[active]
-        success[active] = fooled
-        iterations[active] = step
-        moving = ~fooled
-        if step == max_iter:
-            break
-        if clip_aware:  # moving along +w'_k: coordinates at a bound that the step would push outward stay
-            here = current[active].unsqueeze(1)
-            w = w * ~(((here <= lo) & (w < 0)) | ((here >= hi) & (w > 0)))
-        norms = w.flatten(2).norm(dim=2)  # (m, c − 1)
-        distance = torch.where(norms > 0, f.abs() / norms, torch.full_like(norms, float("inf")))
-        best = distance.argmin(dim=1)
-        stuck = torch.isinf(distance.gather(1, best[:, None]))[:, 0]  # no direction changes any margin
-        moving = moving & ~stuck
-        idx = active[moving]
-        pick = best[moving]
-        w_l = w[moving, pick]
-        f_l = f[moving, pick]
-        norm_l = norms[moving, pick]
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        total[idx] = total[idx] + (f_l.abs() / norm_l ** 2).view(shape) * w_l
-        current[idx] = (x[idx] + (1 + overshoot) * total[idx]).clamp(lo, hi)
-        if clip_aware:  # what clipping removed is no longer part of r̂
-            total[idx] = (current[idx] - x[idx]) / (1 + overshoot)
-        active = idx
+    bar = (ctx or Context()).progress(iterations, "deepfool")
+    try:
+        for step in range(iterations + 1):
+            if active.numel() == 0:
+                break
+            w, f, _, y = plane_rows(forward, current[active], selection[active], batch_size)
+            label[active] = y.argmax(dim=1)
+            fooled = label[active] != targets[active]
+            success[active] = fooled
+            used[active] = step
+            moving = ~fooled
+            if step == iterations:
+                break
+            if clip_aware:  # moving along +w'_k: coordinates at a bound that the step would push outward stay
+                here = current[active].unsqueeze(1)
+                w = w * ~(((here <= lo) & (w < 0)) | ((here >= hi) & (w > 0)))
+            norms = w.flatten(2).norm(dim=2)  # (m, c − 1)
+            distance = torch.where(norms > 0, f.abs() / norms, torch.full_like(norms, float("inf")))
+            best = distance.argmin(dim=1)
+            stuck = torch.isinf(distance.gather(1, best[:, None]))[:, 0]  # no direction changes any margin
+            moving = moving & ~stuck
+            idx = active[moving]
+            pick = best[moving]
+            w_l = w[moving, pick]
+            f_l = f[moving, pick]
+            norm_l = norms[moving, pick]
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            total[idx] = total[idx] + (f_l.abs() / norm_l ** 2).view(shape) * w_l
+            current[idx] = (x[idx] + (1 + overshoot) * total[idx]).clamp(lo, hi)
+            if clip_aware:  # what clipping removed is no longer part of r̂
+                total[idx] = (current[idx] - x[idx]) / (1 + overshoot)
+            active = idx
+            bar.update(1)
+    finally:
+        bar.close()
     return {"perturbation": current - x, "adversarial": current, "adversarial_class": label,
-            "iterations": iterations, "success": success, "backward_rows": rows}
+            "iterations": used, "success": success}
 
 
 class DeepFool(Method):
@@ -122,29 +131,30 @@ class DeepFool(Method):
     summary = "minimal perturbation to the nearest other class, multi-class DeepFool (Moosavi-Dezfooli et al. 2016)"
     scope = "local"
     requires = ("differentiable",)
-    test_params = {"max_iter": 10}
+    test_params = {"iterations": 10}
 
     @dataclasses.dataclass(frozen=True)
     class Params:
         overshoot: float = param(0.02, "η: the perturbation is scaled by 1 + η to cross the boundary (paper: 0.02)",
                                  low=0.0)
-        max_iter: int = param(50, "maximum number of iterations (paper: 50)", low=1)
+        iterations: int = iterations(50, "maximum number of iterations (paper: 50)")
         candidates: int = param(10, "classes considered: the target and the top others by score (paper: 10)",
                                 low=2)
         clip_aware: bool = param(True, "leave out of each step the pixels held at a bound of the input range "
                                        "(False: the paper's step, clipped afterwards, as Foolbox)")
-        batch_size: int = param(256, "samples × candidate rows per forward/backward pass", low=1)
+        batch_size: int = batch_size(256, "samples × candidate rows per forward/backward pass")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
         result = deepfool(model.forward, x, targets, model.input_range, overshoot=p.overshoot,
-                          max_iter=p.max_iter, candidates=p.candidates, clip_aware=p.clip_aware,
-                          batch_size=p.batch_size)
+                          iterations=p.iterations, candidates=p.candidates, clip_aware=p.clip_aware,
+                          batch_size=p.batch_size, ctx=ctx)
         meta = {key: result[key] for key in ("adversarial", "adversarial_class", "iterations", "success")}
         return result["perturbation"], meta
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(DeepFool)

@@ -23,7 +23,7 @@ other class is always taken), starting from ``x_0 = x``:
    factor ``ρ = ‖s_i‖ / ‖s_{i−1}‖`` each time; the remaining steps sum to
    ``s_i · ρ / (1 − ρ)``, which is added at once (then clipped);
 6. stop when ``y_Q ≥ y_P`` at the new point; otherwise repeat from 1, at most
-   ``max_iter`` times, and return the best guess: the visited point with the
+   ``iterations`` times, and return the best guess: the visited point with the
    smallest margin ``y_P − y_Q`` (the crossing point when it converged).
 
 Projecting exactly onto the plane leaves ``y_P − y_Q`` at zero up to rounding,
@@ -46,7 +46,7 @@ not ``Q``). A comparative explanation; its model (the region's plane) is local.
 
 All (sample, Q) pairs are stacked into one batch and iterate together; finished
 pairs are masked out, so an iteration is one forward/backward pass over the
-active pairs. ``meta`` lists the compared classes of each sample in order of
+active pairs (counted as one backward pass per pair). ``meta`` lists the compared classes of each sample in order of
 probability, ``classes`` (N, C; C the most compared for one sample, padded with
 −1), and aligned with it: ``adversarial`` (N, C, *x.shape[1:]; the input itself
 in padding), ``distances`` (L2 ``‖x − x'_Q‖``; NaN in padding), ``margins``
@@ -56,13 +56,17 @@ in padding), ``distances`` (L2 ``‖x − x'_Q‖``; NaN in padding), ``margins`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import TargetError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, iterations, param
 from salfw.sdk.geometry import check_piecewise_linear, plane_rows
 
 #: Successive iterations on one plane before the geometric-series jump (the thesis: 3).
@@ -81,15 +85,17 @@ def _same_plane(w: torch.Tensor, b: torch.Tensor, prev_w: torch.Tensor, prev_b: 
     return same_w & same_b
 
 
-def geosal_search(forward, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor, num_classes: int,
-                  input_range: tuple[float, float], *, overshoot: float = 1e-3, max_iter: int = 50,
-                  batch_size: int = 256) -> dict[str, torch.Tensor]:
+def geosal_search(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, p: torch.Tensor,
+                  q: torch.Tensor, num_classes: int, input_range: tuple[float, float], *, overshoot: float = 1e-3,
+                  iterations: int = 50, batch_size: int = 256, ctx: Context | None = None
+                  ) -> dict[str, torch.Tensor]:
     """GeoSal's walk to the closest point where ``y_q ≥ y_p``, for M pairs at once.
 
     ``x`` (M, ...) the starting points, ``p``/``q`` (M,) the classes of each pair
-    (among ``num_classes`` outputs of ``forward``).
+    (among ``num_classes`` outputs of ``forward``); at most ``iterations`` steps,
+    reported to ``ctx``'s progress bar when given.
     Returns ``adversarial`` (M, ...), ``margin`` (M,) ``y_p − y_q`` there,
-    ``converged`` (M,), ``iterations`` (M,) and ``backward_rows``.
+    ``converged`` (M,) and ``iterations`` (M,), the iterations used per pair.
     """
     lo, hi = input_range
     m = x.shape[0]
@@ -102,51 +108,54 @@ def geosal_search(forward, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor, nu
     best_margin = torch.full((m,), float("inf"), device=device, dtype=dtype)
     shift = torch.zeros(m, device=device, dtype=dtype)
     converged = torch.zeros(m, dtype=torch.bool, device=device)
-    iterations = torch.zeros(m, dtype=torch.long, device=device)
+    used = torch.zeros(m, dtype=torch.long, device=device)
     prev_w = torch.zeros_like(flat)
     prev_b = torch.zeros(m, device=device, dtype=dtype)
     prev_step = torch.zeros_like(flat)
     same_count = torch.zeros(m, dtype=torch.long, device=device)
     active = torch.arange(m, device=device)
-    rows = 0
-    for step in range(max_iter + 1):
-        if active.numel() == 0:
-            break
-        here = current[active]
-        w, margin, _, _ = plane_rows(forward, here.reshape(-1, *x.shape[1:]), selection[active], batch_size)
-        rows += active.numel()
-        w, margin = w.reshape(active.numel(), -1), margin[:, 0]
-        if step == 0:
-            shift[active] = overshoot * margin.clamp_min(0)
-        improved = margin < best_margin[active]
-        best_margin[active] = torch.where(improved, margin, best_margin[active])
-        best[active] = torch.where(improved[:, None], here, best[active])
-        done = margin <= 0
-        converged[active] = done
-        iterations[active] = step
-        if step == max_iter:
-            break
-        b = margin - (w * here).sum(dim=1)
-        norm2 = (w * w).sum(dim=1)
-        same = _same_plane(w, b, prev_w[active], prev_b[active])
-        count = torch.where(same, same_count[active] + 1, torch.ones_like(same_count[active]))
-        # equations 4-5: the closest point on the (shifted) plane, then clipped into the input range
-        factor = torch.where(norm2 > 0, (margin + shift[active]) / norm2, torch.zeros_like(norm2))
-        moved = (here - factor[:, None] * w).clamp(lo, hi)
-        taken = moved - here
-        # equation 9: the third iteration on one plane jumps to the geometric series' limit
-        length, prev_length = taken.norm(dim=1), prev_step[active].norm(dim=1)
-        ratio = torch.where(prev_length > 0, length / prev_length, torch.ones_like(length))
-        jump = (count >= SAME_PLANE_ITERATIONS) & (ratio < 1)
-        gain = torch.where(jump, ratio / (1 - ratio).clamp_min(torch.finfo(dtype).eps), torch.zeros_like(ratio))
-        moved = (moved + gain[:, None] * taken).clamp(lo, hi)
-        count = torch.where(jump, torch.zeros_like(count), count)
-        stuck = (moved == here).all(dim=1)  # no direction left inside the input range
-        current[active] = moved
-        prev_w[active], prev_b[active], prev_step[active], same_count[active] = w, b, taken, count
-        active = active[~done & ~stuck]
+    bar = (ctx or Context()).progress(iterations, "geosal")
+    try:
+        for step in range(iterations + 1):
+            if active.numel() == 0:
+                break
+            here = current[active]
+            w, margin, _, _ = plane_rows(forward, here.reshape(-1, *x.shape[1:]), selection[active], batch_size)
+            w, margin = w.reshape(active.numel(), -1), margin[:, 0]
+            if step == 0:
+                shift[active] = overshoot * margin.clamp_min(0)
+            improved = margin < best_margin[active]
+            best_margin[active] = torch.where(improved, margin, best_margin[active])
+            best[active] = torch.where(improved[:, None], here, best[active])
+            done = margin <= 0
+            converged[active] = done
+            used[active] = step
+            if step == iterations:
+                break
+            b = margin - (w * here).sum(dim=1)
+            norm2 = (w * w).sum(dim=1)
+            same = _same_plane(w, b, prev_w[active], prev_b[active])
+            count = torch.where(same, same_count[active] + 1, torch.ones_like(same_count[active]))
+            # equations 4-5: the closest point on the (shifted) plane, then clipped into the input range
+            factor = torch.where(norm2 > 0, (margin + shift[active]) / norm2, torch.zeros_like(norm2))
+            moved = (here - factor[:, None] * w).clamp(lo, hi)
+            taken = moved - here
+            # equation 9: the third iteration on one plane jumps to the geometric series' limit
+            length, prev_length = taken.norm(dim=1), prev_step[active].norm(dim=1)
+            ratio = torch.where(prev_length > 0, length / prev_length, torch.ones_like(length))
+            jump = (count >= SAME_PLANE_ITERATIONS) & (ratio < 1)
+            gain = torch.where(jump, ratio / (1 - ratio).clamp_min(torch.finfo(dtype).eps), torch.zeros_like(ratio))
+            moved = (moved + gain[:, None] * taken).clamp(lo, hi)
+            count = torch.where(jump, torch.zeros_like(count), count)
+            stuck = (moved == here).all(dim=1)  # no direction left inside the input range
+            current[active] = moved
+            prev_w[active], prev_b[active], prev_step[active], same_count[active] = w, b, taken, count
+            active = active[~done & ~stuck]
+            bar.update(1)
+    finally:
+        bar.close()
     return {"adversarial": best.reshape(x.shape), "margin": best_margin, "converged": converged,
-            "iterations": iterations, "backward_rows": rows}
+            "iterations": used}
 
 
 class GeoSal(Method):
@@ -157,7 +166,7 @@ class GeoSal(Method):
                "regions, walking the ReLU network's linear regions (GeoSal thesis)")
     scope = "local"
     requires = ("piecewise linear (ReLU, pooling, linear, conv)",)
-    test_params = {"max_iter": 10}
+    test_params = {"iterations": 10}
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -168,15 +177,17 @@ class GeoSal(Method):
         signed: bool = param(False, "Σ p_Q (x − x'_Q) instead of Σ p_Q |x − x'_Q|")
         overshoot: float = param(1e-3, "aim past the decision plane by this fraction of the starting margin "
                                        "(0: the exact projection of the thesis)", low=0.0)
-        max_iter: int = param(50, "maximum iterations per compared class", low=1)
-        batch_size: int = param(256, "(sample, class) pairs per forward/backward pass", low=1)
+        iterations: int = iterations(50, "maximum iterations per compared class")
+        batch_size: int = batch_size(256, "(sample, class) pairs per forward/backward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
+        assert isinstance(model, WhiteBox)  # refused above otherwise
         check_piecewise_linear(model.module, self.name, eval_mode=False)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         prm = self.params
         n = x.shape[0]
         with torch.no_grad():
@@ -199,7 +210,8 @@ class GeoSal(Method):
         sample, slot = valid.nonzero(as_tuple=True)
         cls = classes[sample, slot]
         result = geosal_search(model.forward, x[sample], targets[sample], cls, k, model.input_range,
-                               overshoot=prm.overshoot, max_iter=prm.max_iter, batch_size=prm.batch_size)
+                               overshoot=prm.overshoot, iterations=prm.iterations, batch_size=prm.batch_size,
+                               ctx=ctx)
         difference = x[sample] - result["adversarial"]
         weights = probs[sample, cls].view(-1, *([1] * (x.dim() - 1)))
         contribution = weights * (difference if prm.signed else difference.abs())
@@ -222,5 +234,5 @@ class GeoSal(Method):
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(GeoSal)

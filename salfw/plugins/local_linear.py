@@ -29,10 +29,15 @@ explanation (the region's plane is a model of the network around ``x`` only).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
+import torch
+
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size
 from salfw.sdk.geometry import check_piecewise_linear, local_plane
 
 
@@ -47,18 +52,20 @@ class LocalLinear(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        batch_size: int = param(256, "samples per forward/backward pass", low=1)
+        batch_size: int = batch_size(256, "samples per forward/backward pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
+        assert isinstance(model, WhiteBox)  # refused above otherwise
         check_piecewise_linear(model.module, self.name, eval_mode=False)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         w, b = local_plane(model, x, outputs=targets, batch_size=self.params.batch_size)
         return w, {"bias": b}
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(LocalLinear)

@@ -19,38 +19,55 @@ iterations, mask upsampling factor 8 (a 28×28 mask for 224×224; ``ceil(H/8)``,
 i.e. 4×4 on MNIST — use ``factor=4`` for a 7×7 mask), blur perturbation with
 σ = 10 px at 224 px scaled to the input (1.25 px on MNIST), jitter of up to
 4 px at 224 px (at least 1 px). Our choices (not fixed by the paper): the mask
-starts at ``init`` = 0.5, the upsampled mask is blurred with σ = factor / 2,
-the ``constant`` fill defaults to the middle of the input range, and ``noise``
-draws i.i.d. Gaussian noise around it (standard deviation ``noise_std`` of the
-range) afresh at each iteration.
+starts at ``init`` = 0.5, the upsampled mask is blurred with σ = factor / 2.
+
+The fill is ``perturbation``: any registered perturbation, its settings nested
+(``perturbation.sigma=2``). Unset settings take the paper's values: ``blur``'s σ
+as above, ``constant``'s value the middle of the input range (our choice).
+Random fills (``uniform-noise``, ``gaussian-noise``) are drawn afresh at each
+iteration; ``noise`` is the paper's i.i.d. Gaussian noise, around the middle of
+the range with standard deviation ``noise_std`` of the range (our choices), drawn
+afresh at each iteration; its final loss terms are measured with its mean.
 
 Output convention: attributions are a saliency where high = important, i.e.
 ``1 − m`` for the deletion game (the deleted region) and ``m`` for the
 preservation game (the kept region); the mask itself is in ``meta["mask"]``.
 Each sample's loss depends only on that sample, the batch is optimised as one
-tensor with one Adam optimiser, and random draws (jitter, noise) are shared by
-all samples, so a batch gives the same masks as its samples one by one. Local
-explanation.
+tensor with one Adam optimiser, and random draws (jitter, noise) come from the
+context's seed afresh for each batch and are shared by its samples, so a batch
+gives the same masks as its samples one by one. Local explanation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
+from salfw.core.api import make_perturbation
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import Component, batch_size, component, iterations, learning_rate, param
 from salfw.sdk.masks import gaussian_blur, jitter, l1, low_res_shape, scaled, total_variation, upsample
+from salfw.sdk.reference import reference
 
 PAPER_MASK_PIXELS = 28 * 28
+#: The paper's i.i.d. Gaussian noise fill, handled by the method itself (not a registered perturbation).
+NOISE = "noise"
 
 
 def perturbed(x: torch.Tensor, mask: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """``Φ(x; m) = m ⊙ x + (1 − m) ⊙ fill``."""
     return mask * x + (1 - mask) * fill
+
+
+def full_mask(low: torch.Tensor, size: tuple[int, int], mask_sigma: float) -> torch.Tensor:
+    """The low-resolution mask upsampled (bilinear) to ``size``, blurred with ``mask_sigma`` and clamped to [0, 1]."""
+    return gaussian_blur(upsample(low, size), mask_sigma).clamp(0, 1)
 
 
 class MeaningfulPerturbation(Method):
@@ -68,10 +85,12 @@ class MeaningfulPerturbation(Method):
     class Params:
         mode: str = param("deletion", "the game: delete the smallest region that destroys the target's "
                           "probability, or preserve the smallest that keeps it", choices=("deletion", "preservation"))
-        perturbation: str = param("blur", "how the masked-out region is filled", choices=("blur", "constant", "noise"))
-        sigma: float | None = param(None, "blur σ in pixels; None = 10 px at 224 px scaled to the input", low=0.0)
-        value: float | None = param(None, "constant fill (and noise mean); None = middle of the input range")
-        noise_std: float = param(0.2, "noise standard deviation as a fraction of the input range", low=0.0)
+        perturbation: Component = component(
+            "blur", "perturbation", "how the masked-out region is filled: a registered perturbation (settings "
+            "nested: perturbation.sigma, default 10 px at 224 px; constant's perturbation.value, default the "
+            "middle of the range) or noise (Gaussian around the middle of the range)", special=(NOISE,))
+        noise_std: float = param(0.2, "perturbation=noise: standard deviation as a fraction of the input range",
+                                 low=0.0)
         lambda1: float = param(1e-4, "L1 weight λ1 (paper: 1e-4)", low=0.0)
         lambda2: float = param(1e-2, "total-variation weight λ2 (paper: 1e-2)", low=0.0)
         beta: float = param(3.0, "total-variation exponent β (paper: 3)", low=1.0)
@@ -79,80 +98,102 @@ class MeaningfulPerturbation(Method):
         mask_sigma: float | None = param(None, "blur σ of the upsampled mask in pixels; None = factor / 2", low=0.0)
         jitter: int | None = param(None, "maximal random shift in pixels; None = 4 px at 224 px (at least 1)", low=0)
         init: float = param(0.5, "initial mask value", low=0.0, high=1.0)
-        learning_rate: float = param(0.1, "Adam learning rate (paper: 0.1)", low=0.0)
-        iterations: int = param(300, "optimisation steps (paper: 300)", low=1)
-        batch_size: int = param(64, "samples optimised together", low=1)
+        learning_rate: float = learning_rate(0.1, "Adam learning rate (paper: 0.1)")
+        iterations: int = iterations(300, "optimisation steps (paper: 300)")
+        batch_size: int = batch_size(64, "samples optimised together")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
-        size = x.shape[-2:]
-        lo, hi = model.input_range
-        sigma = scaled(10.0, min(size)) if p.sigma is None else p.sigma
+        size = (x.shape[-2], x.shape[-1])
         shift = max(1, round(scaled(4.0, min(size)))) if p.jitter is None else p.jitter
         mask_sigma = p.factor / 2 if p.mask_sigma is None else p.mask_sigma
-        value = (lo + hi) / 2 if p.value is None else min(max(p.value, lo), hi)
-        masks, terms = [], {"probability": [], "l1": [], "tv": [], "loss": []}
-        for start in range(0, x.shape[0], p.batch_size):
-            m, t = self._optimise(model, x[start:start + p.batch_size], targets[start:start + p.batch_size], seed,
-                                  sigma, shift, mask_sigma, value)
+        fill = self.fill(size, model.input_range)
+        masks: list[torch.Tensor] = []
+        terms: dict[str, list[torch.Tensor]] = {"probability": [], "l1": [], "tv": [], "loss": []}
+        for rows in ctx.batches(x.shape[0]):
+            m, t = self._optimise(model, x[rows], targets[rows], ctx, fill, shift, mask_sigma)
             masks.append(m)
             for k in terms:
                 terms[k].append(t[k])
         mask = torch.cat(masks)
         saliency = 1 - mask if p.mode == "deletion" else mask
         meta = {"mask": mask, **{k: torch.cat(v).tolist() for k, v in terms.items()},
-                "mask_shape": list(low_res_shape(tuple(size), p.factor)), "blur_sigma": sigma, "jitter": shift}
+                "mask_shape": list(low_res_shape(size, p.factor)), "perturbation": {"name": fill.name, **fill.kwargs},
+                "jitter": shift}
         return saliency, meta
 
-    def _full_mask(self, low: torch.Tensor, size, mask_sigma: float) -> torch.Tensor:
-        return gaussian_blur(upsample(low, tuple(size)), mask_sigma).clamp(0, 1)
+    def fill(self, size: tuple[int, int], input_range: tuple[float, float]) -> Component:
+        """``perturbation`` with the paper's values for its unset settings: blur σ = 10 px at 224 px,
+        constant value the middle of the range, noise's ``noise_std``."""
+        chosen = self.params.perturbation
+        lo, hi = input_range
+        defaults = {"blur": {"sigma": scaled(10.0, min(size))}, "constant": {"value": (lo + hi) / 2},
+                    NOISE: {"noise_std": self.params.noise_std}}.get(chosen.name, {})
+        return Component(chosen.name, tuple({**defaults, **chosen.kwargs}.items()))
 
-    def _optimise(self, model, x, targets, seed, sigma, shift, mask_sigma, value):
+    @staticmethod
+    def _fills(fill: Component, x: torch.Tensor, input_range: tuple[float, float], generator: torch.Generator
+               ) -> tuple[Callable[[], torch.Tensor], torch.Tensor | None]:
+        """A function giving each iteration's fill (random fills drawn afresh from ``generator``), and
+        the final evaluation's fill (None: draw one more)."""
+        lo, hi = input_range
+        if fill.name == NOISE:
+            mean, std = (lo + hi) / 2, fill.kwargs["noise_std"] * (hi - lo)
+            return (lambda: mean + std * torch.randn((1, *x.shape[1:]), generator=generator).to(x.device, x.dtype),
+                    torch.full((), mean, dtype=x.dtype, device=x.device))
+        perturbation = make_perturbation(fill)
+        if perturbation.random:
+            return (lambda: reference(perturbation, x, input_range, generator, "perturbation")), None
+        fixed = reference(perturbation, x, input_range, generator, "perturbation")
+        return (lambda: fixed), fixed
+
+    def _optimise(self, model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, ctx: Context, fill: Component,
+                  shift: int, mask_sigma: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
-        lo, hi = model.input_range
-        generator = torch.Generator().manual_seed(seed)
-        h, w = low_res_shape(tuple(x.shape[-2:]), p.factor)
+        size = (x.shape[-2], x.shape[-1])
+        generator = ctx.fresh_generator()  # every batch replays the same draws, as its samples alone would
+        h, w = low_res_shape(size, p.factor)
         norm = PAPER_MASK_PIXELS / (h * w)
         low = torch.full((x.shape[0], 1, h, w), p.init, dtype=x.dtype, device=x.device, requires_grad=True)
         optimiser = torch.optim.Adam([low], lr=p.learning_rate)
-        blurred = gaussian_blur(x, sigma) if p.perturbation == "blur" else None
+        draw, final_fill = self._fills(fill, x, model.input_range, generator)
         index = targets[:, None].to(x.device)
 
-        def loss_terms(prob, low):
+        def loss_terms(prob: torch.Tensor, low: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             reg_l1 = norm * l1(1 - low if p.mode == "deletion" else low)
             reg_tv = norm * total_variation(low, p.beta)
             objective = prob if p.mode == "deletion" else 1 - prob
             return reg_l1, reg_tv, objective
 
-        for _ in range(p.iterations):
-            if p.perturbation == "blur":
-                fill = blurred
-            elif p.perturbation == "constant":
-                fill = torch.full((), value, dtype=x.dtype, device=x.device)
-            else:
-                noise = torch.randn((1, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
-                fill = value + p.noise_std * (hi - lo) * noise
-            with torch.enable_grad():
-                full = self._full_mask(low, x.shape[-2:], mask_sigma)
-                composite = jitter(perturbed(x, full, fill), shift, generator)
-                prob = torch.softmax(model.forward(composite), dim=1).gather(1, index)[:, 0]
-                reg_l1, reg_tv, objective = loss_terms(prob, low)
-                loss = (p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective).sum()
-                optimiser.zero_grad()
-                loss.backward()
-            optimiser.step()
-            with torch.no_grad():
-                low.clamp_(0, 1)
+        bar = ctx.progress(p.iterations, self.name)
+        try:
+            for _ in range(p.iterations):
+                current = draw()
+                with torch.enable_grad():
+                    full = full_mask(low, size, mask_sigma)
+                    composite = jitter(perturbed(x, full, current), shift, generator)
+                    prob = torch.softmax(model.forward(composite), dim=1).gather(1, index)[:, 0]
+                    reg_l1, reg_tv, objective = loss_terms(prob, low)
+                    loss = (p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective).sum()
+                    optimiser.zero_grad()
+                    loss.backward()
+                optimiser.step()
+                with torch.no_grad():
+                    low.clamp_(0, 1)
+                bar.update(1)
+        finally:
+            bar.close()
         with torch.no_grad():
-            full = self._full_mask(low, x.shape[-2:], mask_sigma)
-            fill = blurred if p.perturbation == "blur" else torch.full((), value, dtype=x.dtype, device=x.device)
-            prob = torch.softmax(model.forward(perturbed(x, full, fill)), dim=1).gather(1, index)[:, 0]
+            full = full_mask(low, size, mask_sigma)
+            last = draw() if final_fill is None else final_fill
+            prob = torch.softmax(model.forward(perturbed(x, full, last)), dim=1).gather(1, index)[:, 0]
             reg_l1, reg_tv, objective = loss_terms(prob, low)
-            loss = p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective
-        return full, {"probability": prob, "l1": reg_l1, "tv": reg_tv, "loss": loss}
+            final = p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective
+        return full, {"probability": prob, "l1": reg_l1, "tv": reg_tv, "loss": final}
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(MeaningfulPerturbation)

@@ -16,29 +16,34 @@ hook). β0 makes the feature term 1 for an image covered entirely by noise, so
 ``factor`` weighs "keep few pixels" against "keep the features". Thesis settings:
 ``V`` initialised close to 1 (``init`` = 3, σ(3) ≈ 0.95) and Adam with learning
 rate 0.015; optimisation stops for a sample when its loss changed by less than
-``tol`` (relative) over the last ``window`` iterations, or after ``iterations``.
-``factor`` = 1, ``tol`` = 1e-4 and ``window`` = 20 are our choices.
+``tolerance`` (relative) over the last ``window`` iterations, or after ``iterations``.
+``factor`` = 1, ``tolerance`` = 1e-4 and ``window`` = 20 are our choices.
 
 The mask is one channel, shared by the colour channels; attributions are ``M``
 (high = kept = important). ``meta`` holds the final preservation ``mean(M)``, the
 loss terms, β0 and the iterations used per sample. Applied to intermediate layers
 the method shows which input regions a layer's features depend on (the thesis's
 "model discovery" study). All samples are optimised as one tensor with one Adam
-optimiser; converged samples are frozen while the others go on, and the noise is
-shared by all samples, so a batch gives the same masks as its samples one by one.
-Local explanation.
+optimiser; converged samples are frozen while the others go on, and the noise
+(drawn from the context's seed afresh for each batch) is shared by the batch's
+samples, so a batch gives the same masks as its samples one by one. Each
+iteration is one backward pass per sample, through the logits or through the
+named layer (counted there). Local explanation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
+from salfw.core.context import Context, count_backward_through
 from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, iterations, layer, learning_rate, param, tolerance
 
 
 def feature_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,7 +56,8 @@ def noise_beta0(clean: torch.Tensor, noisy: torch.Tensor) -> torch.Tensor:
     return 1.0 / feature_mse(noisy, clean).clamp(min=1e-12)
 
 
-def noise_mask_loss(mask: torch.Tensor, clean: torch.Tensor, covered: torch.Tensor, beta: torch.Tensor):
+def noise_mask_loss(mask: torch.Tensor, clean: torch.Tensor, covered: torch.Tensor, beta: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The thesis's loss per sample: ``mean(M) + β · MSE(FeatMap(X), FeatMap(X̂))``; returns (loss, mean M, MSE)."""
     preservation = mask.flatten(1).mean(dim=1)
     mse = feature_mse(covered, clean)
@@ -59,11 +65,12 @@ def noise_mask_loss(mask: torch.Tensor, clean: torch.Tensor, covered: torch.Tens
 
 
 class Features:
-    """Evaluates FeatMap_l: the model's logits, or a named layer's output via a forward hook."""
+    """Evaluates FeatMap_l: the model's logits, or a named layer's output via a forward hook (a
+    gradient flowing back from the layer's output counts as one backward pass per sample)."""
 
-    def __init__(self, model, layer: str | None):
-        self.model, self.layer, self.captured = model, layer, None
-        self.target = None
+    def __init__(self, model: WhiteBox, layer: str | None):
+        self.model = model
+        self.target: torch.nn.Module | None = None
         if layer is not None:
             try:
                 self.target = model.module.get_submodule(layer)
@@ -75,13 +82,14 @@ class Features:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.target is None:
             return self.model.forward(x)
-        handle = self.target.register_forward_hook(lambda module, inputs, output: setattr(self, "captured", output))
+        captured: list[torch.Tensor] = []
+        handle = self.target.register_forward_hook(lambda module, inputs, output: captured.append(output))
         try:
             self.model.forward(x)
         finally:
             handle.remove()
-        out, self.captured = self.captured, None
-        return out
+        count_backward_through(captured[0])
+        return captured[0]
 
 
 class NoiseMask(Method):
@@ -97,36 +105,37 @@ class NoiseMask(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        layer: str | None = param(None, "dotted path of the layer whose output is kept (None = the logits)")
+        layer: str | None = layer(None, "dotted path of the layer whose output is kept (None = the logits)")
         factor: float = param(1.0, "β = factor · β0 (β0 = 1 / MSE of a noise image's features)", low=0.0)
         init: float = param(3.0, "initial V (σ(3) ≈ 0.95, the thesis's start close to 1)")
-        learning_rate: float = param(0.015, "Adam learning rate (thesis: 0.015)", low=0.0)
-        iterations: int = param(1000, "maximal iterations", low=1)
-        tol: float = param(1e-4, "stop when the relative loss change over `window` iterations is below this",
-                           low=0.0)
+        learning_rate: float = learning_rate(0.015, "Adam learning rate (thesis: 0.015)")
+        iterations: int = iterations(1000, "maximal iterations")
+        tolerance: float = tolerance(1e-4, "stop when the relative loss change over `window` iterations is below "
+                                           "this")
         window: int = param(20, "iterations over which convergence is judged", low=1)
-        batch_size: int = param(64, "samples optimised together", low=1)
+        batch_size: int = batch_size(64, "samples optimised together")
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
         features = Features(model, p.layer)
-        results = [self._optimise(model, features, x[s:s + p.batch_size], seed)
-                   for s in range(0, x.shape[0], p.batch_size)]
+        results = [self._optimise(model, features, x[rows], ctx) for rows in ctx.batches(x.shape[0])]
         mask = torch.cat([r[0] for r in results])
-        meta = {key: torch.cat([r[1][key] for r in results]).tolist()
-                for key in ("preservation", "loss", "mse", "beta0", "iterations")}
+        meta: dict[str, Any] = {key: torch.cat([r[1][key] for r in results]).tolist()
+                                for key in ("preservation", "loss", "mse", "beta0", "iterations")}
         meta["mask"] = mask
         meta["layer"] = p.layer or "logits"
         return mask, meta
 
-    def _optimise(self, model, features, x, seed):
+    def _optimise(self, model: Model, features: Features, x: torch.Tensor, ctx: Context
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         p = self.params
         lo, hi = model.input_range
-        generator = torch.Generator().manual_seed(seed)
+        generator = ctx.fresh_generator()  # every batch replays the same draws, as its samples alone would
         n = x.shape[0]
 
-        def noise():
+        def noise() -> torch.Tensor:
             return lo + (hi - lo) * torch.rand((1, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
 
         with torch.no_grad():
@@ -137,27 +146,32 @@ class NoiseMask(Method):
         optimiser = torch.optim.Adam([v], lr=p.learning_rate)
         active = torch.ones(n, dtype=torch.bool, device=x.device)
         used = torch.zeros(n, dtype=torch.long, device=x.device)
-        history = []
-        for t in range(p.iterations):
-            with torch.enable_grad():
-                mask = torch.sigmoid(v)
-                covered = x * mask + noise() * (1 - mask)
-                loss, _, _ = noise_mask_loss(mask, clean, features(covered), beta)
-                optimiser.zero_grad()
-                loss.sum().backward()
-            before = v.detach().clone()
-            optimiser.step()
-            with torch.no_grad():
-                v.copy_(torch.where(active[:, None, None, None], v, before))
-            used += active.long()
-            history.append(loss.detach())
-            if len(history) > p.window:
-                past = history[-p.window - 1]
-                change = (loss.detach() - past).abs() / past.abs().clamp(min=1e-12)
-                active &= change >= p.tol
-                history.pop(0)
-            if not bool(active.any()):
-                break
+        history: list[torch.Tensor] = []
+        bar = ctx.progress(p.iterations, self.name)
+        try:
+            for _ in range(p.iterations):
+                with torch.enable_grad():
+                    mask = torch.sigmoid(v)
+                    covered = x * mask + noise() * (1 - mask)
+                    loss, _, _ = noise_mask_loss(mask, clean, features(covered), beta)
+                    optimiser.zero_grad()
+                    loss.sum().backward()
+                before = v.detach().clone()
+                optimiser.step()
+                with torch.no_grad():
+                    v.copy_(torch.where(active[:, None, None, None], v, before))
+                used += active.long()
+                history.append(loss.detach())
+                if len(history) > p.window:
+                    past = history[-p.window - 1]
+                    change = (loss.detach() - past).abs() / past.abs().clamp(min=1e-12)
+                    active &= change >= p.tolerance
+                    history.pop(0)
+                bar.update(1)
+                if not bool(active.any()):
+                    break
+        finally:
+            bar.close()
         with torch.no_grad():
             mask = torch.sigmoid(v)
             covered = x * mask + noise() * (1 - mask)
@@ -167,5 +181,5 @@ class NoiseMask(Method):
 
 
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(NoiseMask)

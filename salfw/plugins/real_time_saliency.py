@@ -28,12 +28,15 @@ A trained masker is saved as safetensors with its architecture, training setting
 and a fingerprint of the classifier's weights in the header; the method refuses a
 model whose weights do not match (``ModelRequirementError``). The shipped masker
 (``weights/mnist-cnn-masker.safetensors``, settings in the sidecar JSON) is for
-``builtin:mnist-cnn``; for other models train one with ``salfw train-masker`` or
-:func:`train_masker` and pass ``masker=PATH``. Attributions are the mask ``M``
+``builtin:mnist-cnn``; for other models train one with ``salfw train-masker`` (a
+command this plugin adds to salfw's command line through the
+``salfw_register_commands`` hook) or :func:`train_masker`, and pass
+``masker=PATH``. Attributions are the mask ``M``
 (high = preserved = important); with ``evaluate`` the classifier's probability
 of the target on ``Φ(x, M)`` and ``Φ(x, 1 − M)`` goes to ``meta`` (one more forward
-pass of the classifier on 2N images). Weak global explanation: one model
-explains every input.
+pass of the classifier on 2N images). The masker file is read and checked against
+the model by ``check_model`` and again by ``attribute`` (nothing is kept on the
+instance between them). Weak global explanation: one model explains every input.
 """
 
 from __future__ import annotations
@@ -42,26 +45,32 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from salfw.core.api import load_model, make_perturbation
+from salfw.core.api import load_model
+from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
-
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, param
 from salfw.sdk.masks import upsample
+from salfw.sdk.reference import reference
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MASKER = WEIGHTS / "mnist-cnn-masker.safetensors"
 SHIPPED_MODEL = "builtin:mnist-cnn"
+#: ``salfw train-masker`` trains on the first images of the MNIST test split, the zoo's training range 0-7999.
+TRAIN_SAMPLES = 8000
 
 PAPER_CODE_WEIGHTS = {"tv": 0.5, "area": 8.0, "area_power": 0.3, "preserve": 0.3, "destroy": 1.0,
                       "destroy_power": 1.0}
@@ -76,7 +85,7 @@ class Masker(nn.Module):
     def __init__(self, channels: int = 1, num_classes: int = 10, width: int = 16,
                  input_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
-        self.config = {"channels": channels, "num_classes": num_classes, "width": width,
+        self.config: dict[str, Any] = {"channels": channels, "num_classes": num_classes, "width": width,
                        "input_range": list(input_range)}
         self.encoder = nn.Sequential(
             nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
@@ -88,10 +97,10 @@ class Masker(nn.Module):
         lo, hi = self.config["input_range"]
         features = self.encoder((x - lo) / (hi - lo))
         features = features * self.selector(classes)[:, :, None, None]
-        return upsample(torch.sigmoid(self.decoder(features)), tuple(x.shape[-2:]))
+        return upsample(torch.sigmoid(self.decoder(features)), (x.shape[-2], x.shape[-1]))
 
 
-def classifier_fingerprint(model) -> str:
+def classifier_fingerprint(model: WhiteBox) -> str:
     """SHA-256 of the classifier's state values in order (names ignored, so a wrapped module matches),
     its input range and its preprocessing: identifies the network a masker was trained for."""
     front = {"input_range": list(model.input_range), "preprocessing": model.preprocessing.settings}
@@ -124,8 +133,8 @@ def load_masker(path: str | os.PathLike) -> tuple[Masker, dict[str, Any]]:
     return masker.eval(), json.loads(header.get("settings", "{}"))
 
 
-def masker_loss(model, masker_out: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, fill: torch.Tensor,
-                weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+def masker_loss(model: WhiteBox, masker_out: torch.Tensor, x: torch.Tensor, labels: torch.Tensor,
+                fill: torch.Tensor, weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
     """The paper's objective (module docstring), averaged over the batch; returns (loss, terms)."""
     m = masker_out
     tv = ((m[..., 1:, :] - m[..., :-1, :]) ** 2).mean() + ((m[..., :, 1:] - m[..., :, :-1]) ** 2).mean()
@@ -144,25 +153,29 @@ def masker_loss(model, masker_out: torch.Tensor, x: torch.Tensor, labels: torch.
     return loss, terms
 
 
-def train_masker(model, images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0, *,
+def train_masker(model: WhiteBox, images: torch.Tensor, labels: torch.Tensor, epochs: int = 3, seed: int = 0, *,
                  batch_size: int = 64, learning_rate: float = 1e-3, width: int = 16, perturbation: str = "black",
-                 weights: dict[str, float] | None = None, log=None) -> tuple[Masker, dict[str, Any]]:
+                 weights: dict[str, float] | None = None, log: Callable[[str], Any] | None = None,
+                 progress: bool = False) -> tuple[Masker, dict[str, Any]]:
     """Train a :class:`Masker` for the classifier ``model`` (a salfw WhiteBox) on ``images``/``labels``.
 
-    Adam, shuffled mini-batches drawn from ``seed``; the classifier is frozen (its
+    Adam, shuffled mini-batches drawn from ``seed`` (the masker's initialisation
+    too, without touching torch's global generator); the classifier is frozen (its
     parameters' ``requires_grad`` and mode are restored afterwards). Returns the
     masker (eval mode) and its settings (for :func:`save_masker`), including the
     classifier's fingerprint and the last epoch's mean loss terms. ``log`` is
-    called with a line per epoch when given.
+    called with a line per epoch when given; ``progress`` shows a bar of the
+    mini-batches on stderr.
     """
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    ctx = Context(seed, batch_size=batch_size, progress=progress, description="train-masker")
+    generator = ctx.generator
     device = model.device
     num_classes = int(model.scores(images[:1]).shape[1])
-    masker = Masker(images.shape[1], num_classes, width, model.input_range).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        masker = Masker(images.shape[1], num_classes, width, model.input_range).to(device)
     optimiser = torch.optim.Adam(masker.parameters(), lr=learning_rate)
-    fill_maker = make_perturbation(perturbation)
     module = model.module
     flags = [p.requires_grad for p in module.parameters()]
     training = module.training
@@ -174,11 +187,11 @@ def train_masker(model, images: torch.Tensor, labels: torch.Tensor, epochs: int 
         for epoch in range(epochs):
             order = torch.randperm(images.shape[0], generator=generator)
             sums: dict[str, float] = {}
-            for start in range(0, images.shape[0], batch_size):
-                idx = order[start:start + batch_size]
+            for rows in ctx.batches(images.shape[0], description=f"epoch {epoch + 1}/{epochs}", unit="image"):
+                idx = order[rows]
                 x = images[idx].to(device)
                 y = labels[idx].to(device)
-                fill = fill_maker.fill(x, model.input_range, generator).expand_as(x)
+                fill = reference(perturbation, x, model.input_range, generator, "perturbation").expand_as(x)
                 loss, terms = masker_loss(model, masker(x, y), x, y, fill, weights)
                 optimiser.zero_grad()
                 loss.backward()
@@ -190,13 +203,33 @@ def train_masker(model, images: torch.Tensor, labels: torch.Tensor, epochs: int 
             if log is not None:
                 log(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
     finally:
-        for p, flag in zip(module.parameters(), flags):
+        for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
         module.train(training)
     settings = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate,
                 "width": width, "perturbation": perturbation, "weights": weights, "samples": int(images.shape[0]),
                 "fingerprint": classifier_fingerprint(model), "final_terms": history[-1] if history else {}}
     return masker.eval(), settings
+
+
+def checked_masker(model: WhiteBox, path: str | os.PathLike | None) -> tuple[Masker, dict[str, Any]]:
+    """The masker at ``path`` (None: the shipped one) and its settings, or a ModelRequirementError
+    when it was trained for another network (its fingerprint differs from ``model``'s)."""
+    masker, settings = load_masker(SHIPPED_MASKER if path is None else path)
+    if settings.get("fingerprint") != classifier_fingerprint(model):
+        if path is None:
+            raise ModelRequirementError(
+                f"real-time-saliency: the shipped masker was trained for {SHIPPED_MODEL}, not this model; "
+                f"train one with 'salfw train-masker --model SPEC --out PATH' and pass masker=PATH")
+        raise ModelRequirementError(
+            f"real-time-saliency: the masker '{path}' was trained for a different network "
+            f"(its weights' fingerprint differs); train one for this model with 'salfw train-masker'")
+    return masker, settings
+
+
+def shipped_model(kind: str) -> Model:
+    """The classifier the shipped masker was trained for (the conformance suite's model, any input kind)."""
+    return load_model(SHIPPED_MODEL)
 
 
 class RealTimeSaliency(Method):
@@ -209,43 +242,35 @@ class RealTimeSaliency(Method):
     input_kinds = ("image",)
     random = False
     test_params = {}
-    test_model = staticmethod(lambda kind: load_model(SHIPPED_MODEL))
+    test_model = staticmethod(shipped_model)  # type: ignore[assignment]  # mypy binds a ClassVar callable as a method
 
     @dataclasses.dataclass(frozen=True)
     class Params:
         masker: str | None = param(None, "masker file (safetensors from `salfw train-masker`); None = the "
                                    "shipped masker for builtin:mnist-cnn")
         evaluate: bool = param(True, "also score Φ(x, M) and Φ(x, 1 − M) with the classifier (meta)")
-        batch_size: int = param(256, "samples per masker pass", low=1)
+        batch_size: int = batch_size(256, "samples per masker pass")
 
-    def check_model(self, model):
+    def check_model(self, model: Model) -> None:
         super().check_model(model)
-        path = SHIPPED_MASKER if self.params.masker is None else Path(self.params.masker)
-        masker, settings = load_masker(path)
-        if settings.get("fingerprint") != classifier_fingerprint(model):
-            if self.params.masker is None:
-                raise ModelRequirementError(
-                    f"real-time-saliency: the shipped masker was trained for {SHIPPED_MODEL}, not this model; "
-                    f"train one with 'salfw train-masker --model SPEC --out PATH' and pass masker=PATH")
-            raise ModelRequirementError(
-                f"real-time-saliency: the masker '{path}' was trained for a different network "
-                f"(its weights' fingerprint differs); train one for this model with 'salfw train-masker'")
-        self._masker, self._settings = masker, settings
+        assert isinstance(model, WhiteBox)  # refused above otherwise
+        checked_masker(model, self.params.masker)
 
-    def attribute(self, model, x, targets, ctx):
-        seed = ctx.seed
-        masker = self._masker.to(device=x.device, dtype=x.dtype)
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
+                  ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
+        assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
+        masker, settings = checked_masker(model, p.masker)
+        masker = masker.to(device=x.device, dtype=x.dtype)
         with torch.no_grad():
-            mask = torch.cat([masker(x[s:s + p.batch_size], targets[s:s + p.batch_size].to(x.device))
-                              for s in range(0, x.shape[0], p.batch_size)])
+            mask = torch.cat([masker(x[rows], targets[rows].to(x.device)) for rows in ctx.batches(x.shape[0])])
         meta: dict[str, Any] = {"masker": str(p.masker or SHIPPED_MASKER), "area": mask.flatten(1).mean(1).tolist()}
         if p.evaluate:
-            fill = make_perturbation(self._settings.get("perturbation", "black")).fill(x, model.input_range, None)
+            fill = reference(settings.get("perturbation", "black"), x, model.input_range, ctx.generator, "perturbation")
             with torch.no_grad():
                 both = torch.cat((x * mask + fill * (1 - mask), x * (1 - mask) + fill * mask))
-                probs = torch.softmax(torch.cat([model.forward(both[s:s + p.batch_size])
-                                                 for s in range(0, both.shape[0], p.batch_size)]), dim=1)
+                probs = torch.softmax(torch.cat([model.forward(both[rows]) for rows in ctx.batches(both.shape[0])]),
+                                      dim=1)
             index = torch.cat((targets, targets)).to(x.device)[:, None]
             chosen = probs.gather(1, index)[:, 0]
             meta["preserved_probability"] = chosen[:x.shape[0]].tolist()
@@ -253,6 +278,44 @@ class RealTimeSaliency(Method):
         return mask, meta
 
 
+@click.command("train-masker")
+@click.option("--model", "spec", default=SHIPPED_MODEL, show_default=True, help="model spec to explain")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="passes over the data")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="masker file to write (.safetensors)")
+@click.option("--seed", default=0, show_default=True, type=int, help="seed of the initialisation and shuffling")
+@click.option("--samples", default=TRAIN_SAMPLES, show_default=True, type=click.IntRange(1, TRAIN_SAMPLES),
+              help="training images (the first N of indices 0-7999)")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(min=0.0))
+def train_masker_command(spec: str, epochs: int, out: str, seed: int, samples: int, batch_size: int,
+                         learning_rate: float) -> None:
+    """Train a real-time saliency masker (Dabkowski & Gal 2017) for MODEL on the MNIST test split's
+    first images (the zoo's training range) and write it to OUT (and OUT with a .json suffix)."""
+    from salfw.zoo.mnist import default_mnist_dir, load_mnist
+
+    model = load_model(spec)
+    if not isinstance(model, WhiteBox):
+        raise click.ClickException(f"train-masker needs a white-box model (a torch.nn.Module); {spec} is not one")
+    try:
+        images, labels = load_mnist(default_mnist_dir())
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(f"MNIST not found ({exc}); set SALFW_MNIST_DIR to a directory with the "
+                                   f"MNIST IDX files") from None
+    masker, settings = train_masker(model, images[:samples], labels[:samples], epochs=epochs, seed=seed,
+                                    batch_size=batch_size, learning_rate=learning_rate,
+                                    log=lambda line: click.echo(line, err=True), progress=sys.stderr.isatty())
+    settings["model"] = spec
+    save_masker(masker, out, settings)
+    sidecar = Path(out).with_suffix(".json")
+    sidecar.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    click.echo(f"wrote {out} and {sidecar}")
+
+
 @hookimpl
-def salfw_register_methods(register):
+def salfw_register_methods(register: Any) -> None:
     register(RealTimeSaliency)
+
+
+@hookimpl
+def salfw_register_commands(cli: Any) -> None:
+    cli.add_command(train_masker_command)

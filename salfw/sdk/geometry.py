@@ -13,7 +13,8 @@ used by ``local-linear``, ``deepfool`` and ``geosal``.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,8 +80,8 @@ def _resolve_layer(module: nn.Module, layer: str | nn.Module | None, role: str) 
     return named[layer]
 
 
-def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: int = 256,
-               start_layer: nn.Module | None = None, end_layer: nn.Module | None = None
+def plane_rows(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, selection: torch.Tensor,
+               batch_size: int = 256, start_layer: nn.Module | None = None, end_layer: nn.Module | None = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The region's plane for selected combinations of outputs, batched.
 
@@ -95,25 +96,28 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
     the end layer's flattened output is then ``y``). One forward pass per chunk of
     ``batch_size // R`` samples, then one backward pass with the R rows as a
     batch of vector-Jacobian products (``is_grads_batched``, vmapped by autograd).
+    Inside :func:`salfw.explain`, a ``WhiteBox.forward`` counts the forward pass and
+    one backward pass per sample; the other R − 1 rows are counted here, so the
+    explanation reports one backward pass per sample and row.
     """
     n, rows = selection.shape[:2]
     out_w, out_v, out_z, out_y = [], [], [], []
     chunk = max(1, batch_size // rows)
-    for begin in range(0, n, chunk):
-        xs, sel = x[begin:begin + chunk].detach(), selection[begin:begin + chunk]
-        m = xs.shape[0]
-        captured: dict[str, torch.Tensor] = {}
-        handles = []
-        if start_layer is not None:
-            def start_hook(_module, _inputs, output):
-                captured["z"] = output.detach().requires_grad_(True)
-                return captured["z"]
-            handles.append(start_layer.register_forward_hook(start_hook))
-        if end_layer is not None:
-            def end_hook(_module, _inputs, output):
-                captured["y"] = output
-            handles.append(end_layer.register_forward_hook(end_hook))
-        try:
+    captured: dict[str, torch.Tensor] = {}
+
+    def start_hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        captured["z"] = output.detach().requires_grad_(True)
+        return captured["z"]
+
+    def end_hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        captured["y"] = output
+
+    handles = [layer.register_forward_hook(hook) for layer, hook in ((start_layer, start_hook), (end_layer, end_hook))
+               if layer is not None]
+    try:
+        for begin in range(0, n, chunk):
+            xs, sel = x[begin:begin + chunk].detach(), selection[begin:begin + chunk]
+            m = xs.shape[0]
             with torch.enable_grad():
                 leaf = xs.clone().requires_grad_(start_layer is None)
                 out = forward(leaf)
@@ -130,13 +134,13 @@ def plane_rows(forward, x: torch.Tensor, selection: torch.Tensor, batch_size: in
                     (grad,) = torch.autograd.grad(out, leaf, vectors, is_grads_batched=True)
                     # the logits' hook sees one vmapped backward pass; the other rows are counted here
                     count(backward=m * (rows - 1))
-        finally:
-            for h in handles:
-                h.remove()
-        out_w.append(grad.transpose(0, 1))
-        out_v.append(values.detach())
-        out_z.append(leaf.detach())
-        out_y.append(y.detach())
+            out_w.append(grad.transpose(0, 1))
+            out_v.append(values.detach())
+            out_z.append(leaf.detach())
+            out_y.append(y.detach())
+    finally:
+        for h in handles:
+            h.remove()
     return torch.cat(out_w), torch.cat(out_v), torch.cat(out_z), torch.cat(out_y)
 
 

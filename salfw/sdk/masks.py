@@ -1,6 +1,10 @@
 """Shared helpers of the optimisation-based mask methods (meaningful perturbation,
-extremal perturbation, Noise Mask, real-time saliency): total variation, L1,
-upsampling of low-resolution masks, Gaussian blur and random jitter.
+extremal perturbation, Noise Mask, real-time saliency): mask parametrisations
+(a low-resolution grid upsampled bilinearly, :func:`low_res_shape` and
+:func:`upsample`; the smooth masks of Fong, Patrick & Vedaldi 2019,
+:class:`SmoothMask`), perturbation by a blur or fade pyramid
+(:func:`perturbation_pyramid`, :func:`apply_pyramid`), the penalties (total
+variation, L1), Gaussian blur and random jitter.
 
 All helpers work on batches (N, 1, h, w) and return one value per sample, so
 that a batch is optimised as one tensor with one optimiser while each sample's
@@ -16,7 +20,11 @@ import torch.nn.functional as F
 
 from salfw.core.perturbations import gaussian_blur
 
-__all__ = ["total_variation", "l1", "upsample", "gaussian_blur", "jitter", "scaled", "low_res_shape"]
+__all__ = ["total_variation", "l1", "upsample", "gaussian_blur", "jitter", "scaled", "low_res_shape", "SmoothMask",
+           "smooth_kernel", "perturbation_pyramid", "apply_pyramid"]
+
+#: Temperature T of the smooth maximum (TorchRay's ``MaskGenerator``).
+COLDNESS = 20.0
 
 
 def total_variation(m: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
@@ -61,3 +69,69 @@ def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
         return x
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
     return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
+def smooth_kernel(z: torch.Tensor) -> torch.Tensor:
+    """TorchRay's truncated Gaussian ``exp(−2 max(z − ½, 0)²)`` of a normalised distance ``z``."""
+    return torch.exp(-2 * (z - 0.5).clamp(min=0) ** 2)
+
+
+class SmoothMask:
+    """The smooth-mask family of Fong, Patrick & Vedaldi 2019 (sec. 3.3): max-convolution of a
+    coarse parameter grid, ``m(u) = smax_k g(u − u_k) m̄_k`` with the kernel :func:`smooth_kernel`
+    of ``|z| / sigma`` and the smooth maximum ``smax(a) = Σ_k a_k softmax(T a)_k`` (T = ``coldness``;
+    TorchRay's ``MaskGenerator`` with "softmax" pooling).
+
+    Parameters ``m̄`` (N, 1, ceil(H/step), ceil(W/step)) sit on nodes at pixel
+    centres ``step·j + (step − 1)/2``. Each output pixel pools, with the smooth
+    maximum, the kernel-weighted values of the (2r+1)² nodes around its cell,
+    r = 1 + ceil(σ/step). Nodes outside the grid count as 0.
+    """
+
+    def __init__(self, shape: tuple[int, int], step: int, sigma: float, device: torch.device | str,
+                 dtype: torch.dtype, coldness: float = COLDNESS):
+        self.shape, self.step, self.sigma, self.coldness = shape, step, sigma, coldness
+        self.shape_in = (math.ceil(shape[0] / step), math.ceil(shape[1] / step))
+        self.radius = 1 + math.ceil(sigma / step)
+        width = 2 * self.radius + 1
+        offsets = torch.arange(-self.radius, self.radius + 1, dtype=dtype, device=device)
+        vy = torch.arange(shape[0], dtype=dtype, device=device)
+        vx = torch.arange(shape[1], dtype=dtype, device=device)
+        # node centres for every (offset, pixel) pair along each axis: (2r+1, H) and (2r+1, W)
+        cy = step * (torch.div(vy, step, rounding_mode="floor")[None] + offsets[:, None]) + (step - 1) / 2
+        cx = step * (torch.div(vx, step, rounding_mode="floor")[None] + offsets[:, None]) + (step - 1) / 2
+        dy2 = (vy[None] - cy) ** 2
+        dx2 = (vx[None] - cx) ** 2
+        distance = torch.sqrt(dy2[:, None, :, None] + dx2[None, :, None, :])  # (2r+1, 2r+1, H, W)
+        self.weight = smooth_kernel(distance / sigma).reshape(1, width * width, *shape)
+
+    def parameters_like(self, n: int, value: float, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.full((n, 1, *self.shape_in), value, dtype=dtype, device=device)
+
+    def __call__(self, pmask: torch.Tensor) -> torch.Tensor:
+        n = pmask.shape[0]
+        width = 2 * self.radius + 1
+        neighbours = F.unfold(pmask, width, padding=self.radius).reshape(n, width * width, *self.shape_in)
+        neighbours = neighbours.repeat_interleave(self.step, dim=2).repeat_interleave(self.step, dim=3)
+        weighted = self.weight * neighbours[:, :, :self.shape[0], :self.shape[1]]
+        pooled = (weighted * torch.softmax(self.coldness * weighted, dim=1)).sum(dim=1, keepdim=True)
+        return pooled.clamp(0, 1)
+
+
+def perturbation_pyramid(x: torch.Tensor, levels: int, max_blur: float, kind: str = "blur") -> torch.Tensor:
+    """(N, L, C, H, W), the last level being ``x`` (TorchRay's ``Perturbation``): for "blur", level l
+    is blurred with σ = max_blur (1 − l/(L − 1)); for "fade" it is ``x · l/(L − 1)`` (fade to black, 0)."""
+    fractions = [level / (levels - 1) for level in range(levels)]
+    if kind == "fade":
+        return torch.stack([x * f for f in fractions], dim=1)
+    return torch.stack([gaussian_blur(x, max_blur * (1 - f)) for f in fractions], dim=1)
+
+
+def apply_pyramid(pyramid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Perturb with a mask in [0, 1] (K, 1, H, W) by linear interpolation across the K pyramids' levels
+    (mask 1 keeps the input, the last level; mask 0 takes the first level)."""
+    levels = pyramid.shape[1]
+    position = mask * (levels - 1)                                   # (K, 1, H, W)
+    index = torch.arange(levels, dtype=mask.dtype, device=mask.device).view(1, levels, 1, 1, 1)
+    weight = (1 - (position[:, None] - index).abs()).clamp(min=0)   # (K, L, 1, H, W)
+    return (weight * pyramid).sum(dim=1)
