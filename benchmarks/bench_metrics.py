@@ -17,12 +17,12 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import best_time
 
 import salfw
 from salfw.core.api import make_perturbation
 from salfw.evaluation.harness import load_data
 from salfw.evaluation.metrics.flipping import feature_scores, removal_ranks
-from timing import best_time
 
 
 def loop_morf(model, x, attributions, targets, steps: int, seed: int = 0) -> torch.Tensor:
@@ -60,14 +60,15 @@ def main(argv=None) -> None:
     for name in args.models.split(","):
         model = salfw.load_model(f"builtin:{name}")
         e = salfw.explain("gradient", model, x)
-        ours = best_time(lambda: salfw.evaluate("morf", model, x, e, steps=args.steps, baseline=False), args.repeats)
+        ours = best_time(lambda model=model, e=e: salfw.evaluate("morf", model, x, e, steps=args.steps,
+                                                                 random_order=False), args.repeats)
         k = min(args.loop_samples, len(x))
         check = salfw.evaluate("morf", model, x[:k], e.attributions[:k], target=e.targets[:k], steps=args.steps,
-                               baseline=False)
+                               random_order=False)
         reference = loop_morf(model, x[:k], e.attributions[:k], e.targets[:k], args.steps)
         assert torch.allclose(check.double(), reference.double(), atol=1e-5), "batched and loop AOPC differ"
-        loop = best_time(lambda: loop_morf(model, x[:k], e.attributions[:k], e.targets[:k], args.steps),
-                       1) * len(x) / k
+        loop = best_time(lambda model=model, e=e, k=k: loop_morf(model, x[:k], e.attributions[:k], e.targets[:k],
+                                                                 args.steps), 1) * len(x) / k
         print(f"{name:<10} {ours:>9.2f} {loop:>16.2f} {ours / loop:>17.3f}")
 
 

@@ -36,7 +36,7 @@ def data(runs: int):
 
 
 def run_salfw(model, bars, randoms, inputs, runs):
-    result = make_explainer("tcav", layer="5", target=1, runs=runs).run(
+    result = make_explainer("tcav", layer="5", class_index=1, runs=runs).run(
         model, {"concepts": {"bar": bars}, "inputs": inputs, "random": randoms})
     return result["concepts"]["bar"]["mean"]
 

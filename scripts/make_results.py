@@ -28,14 +28,13 @@ import torch
 
 import salfw
 from salfw.core.errors import SalfwError
-from salfw.evaluation.harness import REFERENCE, Comparison, load_data, markdown_tables, run_comparison, \
-    write_comparison
+from salfw.evaluation.harness import REFERENCE, Comparison, load_data, markdown_tables, run_comparison, write_comparison
 
 MODELS = ("mnist-cnn", "mnist-mlp")
-#: Upper bounds on cost parameters (name -> value) for the results table; a method keeps its
-#: default when that is lower.
-CAPS = {"iterations": 100, "max_iter": 50, "samples": 32, "num_samples": 300, "num_masks": 1000, "steps": 32,
-        "epochs": 20}
+#: Upper bounds on cost parameters (name, or method.name for one method -> value) for the results
+#: table; a method keeps its default when that is lower.
+CAPS = {"iterations": 100, "samples": 32, "lime.samples": 300, "kernel-shap.samples": 300,
+        "rise.samples": 1000, "steps": 32, "epochs": 20}
 FLIPPING = ("morf", "lerf", "abpc", "deletion", "insertion")
 LIME_HIDINGS = ("superpixel-mean", "black", "white", "inverse", "blur", "uniform-noise")
 CLAIM_METRICS = ("morf", "abpc", "deletion", "insertion")
@@ -70,7 +69,7 @@ def cheap_params(method: str) -> dict:
     cls = salfw.methods()[method]
     out = {}
     for f in dataclasses.fields(cls.Params):
-        cap = CAPS.get(f.name)
+        cap = CAPS.get(f"{method}.{f.name}", CAPS.get(f.name))
         if cap is not None and (f.default is None or (isinstance(f.default, int) and f.default > cap)):
             out[f.name] = cap
     return out
@@ -78,8 +77,8 @@ def cheap_params(method: str) -> dict:
 
 def metric_settings(steps: int) -> dict:
     flip = {"steps": steps}
-    return {"morf": {**flip, "baseline": False}, "lerf": {**flip, "baseline": False}, "abpc": flip,
-            "deletion": flip, "insertion": flip, "sensitivity-n": {"subsets": 30},
+    return {"morf": {**flip, "random_order": False}, "lerf": {**flip, "random_order": False}, "abpc": flip,
+            "deletion": flip, "insertion": flip, "sensitivity-n": {"samples": 30},
             "infidelity": {"samples": 16}, "max-sensitivity": {"samples": 5}}
 
 
@@ -95,7 +94,8 @@ def run_model(args_tuple) -> Comparison:
         model = load_builtin(name)
     except (SalfwError, OSError, ValueError) as exc:
         log(f"{name}: cannot load ({exc}); no results for it")
-        return Comparison(skipped=[{"model": name, "method": "(all)", "metric": None, "reason": f"model not loaded: {exc}"}],
+        skipped = {"model": name, "method": "(all)", "metric": None, "reason": f"model not loaded: {exc}"}
+        return Comparison(skipped=[skipped],
                           settings={"data": description})
     methods, params, skipped = [], {}, []
     for method in salfw.methods():
@@ -144,7 +144,7 @@ def lime_hiding(samples: int, steps: int, name: str) -> Comparison:
 
 def draw_method_grid(path: Path, name: str) -> None:
     """Every method that fits (cheap settings) on the first ten shipped sample digits (0-9)."""
-    from salfw.evaluation.grid import draw_grid
+    from salfw.core.render import draw_grid
     from salfw.zoo.samples import load_samples
 
     model = load_builtin(name)

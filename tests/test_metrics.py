@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import salfw
@@ -13,7 +14,6 @@ from salfw.core.api import evaluate_full, make_metric
 from salfw.core.errors import InputError
 from salfw.core.guard import model_fingerprint, same_fingerprint
 from salfw.core.registry import get_registry, plugin_namespace
-from salfw.core.api import evaluate_full
 from salfw.evaluation.metrics.flipping import feature_scores, removal_ranks
 from salfw.evaluation.metrics.image import ssim
 
@@ -52,7 +52,7 @@ def test_linear_perfect_attribution_is_complete_and_sensitive(seed):
     targets = torch.tensor([0, 1, 2, 0])
     a = perfect(model, x, targets)
     assert salfw.evaluate("completeness", model, x, a, target=targets).abs().max() < 1e-9
-    corr = salfw.evaluate("sensitivity-n", model, x, a, target=targets, n=10, subsets=20)
+    corr = salfw.evaluate("sensitivity-n", model, x, a, target=targets, n=10, samples=20)
     assert torch.allclose(corr, torch.ones_like(corr), atol=1e-9)
 
 
@@ -69,7 +69,7 @@ def test_gradient_of_linear_model_has_zero_infidelity_and_sensitivity():
     model = linear_model()
     x = images(3)
     e = salfw.explain("gradient", model, x)
-    assert salfw.evaluate("infidelity", model, x, e, normalize=False).abs().max() < 1e-9
+    assert salfw.evaluate("infidelity", model, x, e, optimal_scale=False).abs().max() < 1e-9
     assert salfw.evaluate("max-sensitivity", model, x, e).abs().max() < 1e-9
 
 
@@ -90,9 +90,9 @@ def test_good_map_beats_random_order_on_linear_model():
     x = images(8)
     targets = torch.zeros(8, dtype=torch.long)
     a = perfect(model, x, targets)
-    values, extras = evaluate_full("morf", model, x, a, target=targets, steps=24, output="logit")
+    values, extras = evaluate_full("morf", model, x, a, target=targets, steps=24, output="logits")
     assert (values > extras["random_aopc"]).all()
-    lerf = salfw.evaluate("lerf", model, x, a, target=targets, steps=24, output="logit")
+    lerf = salfw.evaluate("lerf", model, x, a, target=targets, steps=24, output="logits")
     assert (lerf < values).all()
 
 
@@ -101,8 +101,8 @@ def test_abpc_is_morf_minus_lerf():
     x = images(5, dtype=torch.float32)
     a = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
     abpc = salfw.evaluate("abpc", model, x, a, steps=10)
-    morf = salfw.evaluate("morf", model, x, a, steps=10, baseline=False)
-    lerf = salfw.evaluate("lerf", model, x, a, steps=10, baseline=False)
+    morf = salfw.evaluate("morf", model, x, a, steps=10, random_order=False)
+    lerf = salfw.evaluate("lerf", model, x, a, steps=10, random_order=False)
     assert torch.allclose(abpc, morf - lerf, atol=1e-6)
 
 
@@ -230,7 +230,7 @@ def test_runtime_reads_the_explanation():
 BATCH_CASES = {
     "morf": {"steps": 6}, "lerf": {"steps": 6, "patch": 3}, "abpc": {"steps": 6}, "deletion": {"steps": 6},
     "insertion": {"steps": 6}, "png-size": {}, "ssim": {}, "completeness": {},
-    "sensitivity-n": {"n": 5, "subsets": 8}, "infidelity": {"samples": 6}, "max-sensitivity": {"samples": 3},
+    "sensitivity-n": {"n": 5, "samples": 8}, "infidelity": {"samples": 6}, "max-sensitivity": {"samples": 3},
     "randomization": {"independent": False}, "pointing-game": {},
 }
 
@@ -261,3 +261,67 @@ def test_every_registered_builtin_metric_is_covered():
 def test_unknown_metric_parameter_is_an_error():
     with pytest.raises(salfw.ParameterError):
         make_metric("morf", stepz=3)
+
+
+# -- the shared vocabulary ----------------------------------------------------------
+def test_metric_settings_use_the_shared_names():
+    with pytest.raises(salfw.ParameterError, match="'probability' is called 'probabilities'"):
+        make_metric("morf", output="probability")
+    with pytest.raises(salfw.ParameterError, match="'logit' is called 'logits'"):
+        make_metric("completeness", output="logit")
+    with pytest.raises(salfw.ParameterError, match="'normalize' is called 'normalise'"):
+        make_metric("ssim", normalize="min-max")
+    with pytest.raises(salfw.ParameterError, match="accepted: .*optimal_scale"):
+        make_metric("infidelity", normalize=False)  # a yes/no choice, not the shared normalise
+
+
+def test_completeness_baseline_is_any_reference():
+    """The baseline resolves like every method's: a perturbation name, a number or a tensor."""
+    model = linear_model()
+    x = images(3)
+    targets = torch.tensor([0, 1, 2])
+    a = perfect(model, x, targets)
+    for baseline in ("black", 0.0, torch.zeros(1, SIZE, SIZE, dtype=torch.float64)):
+        assert salfw.evaluate("completeness", model, x, a, target=targets, baseline=baseline).abs().max() < 1e-9
+    shifted = salfw.evaluate("completeness", model, x, a, target=targets, baseline=0.5)
+    assert shifted.abs().min() > 1e-6  # w * (x - 0) does not decompose f(x) - f(0.5)
+    with pytest.raises(salfw.ParameterError, match="baseline"):
+        salfw.evaluate("completeness", model, x, a, target=targets, baseline="nothing-like-this")
+
+
+def test_flipping_perturbation_settings_are_nested_and_validated():
+    model = small_cnn()
+    x = images(3, dtype=torch.float32)
+    a = torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    _, wide = evaluate_full("insertion", model, x, a, steps=4)
+    _, sharp = evaluate_full("insertion", model, x, a, steps=4, **{"perturbation.sigma": 1})
+    assert not torch.allclose(wide["curve"][:, 0], sharp["curve"][:, 0])  # a different canvas
+    assert torch.allclose(wide["curve"][:, -1], sharp["curve"][:, -1])  # both end at the input
+    with pytest.raises(salfw.ParameterError, match="sigma"):
+        make_metric("insertion", **{"perturbation.sigma": "wide"})
+
+
+def test_png_size_without_normalisation_reads_the_map_as_given():
+    model = small_cnn()
+    x = images(2, dtype=torch.float32)
+    maps = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(6))
+    maps[:, 0, 0, 0] = 1.0  # in [0, 1] with a maximum of 1: abs-max changes nothing
+    assert torch.equal(salfw.evaluate("png-size", model, x, maps, normalise="none"),
+                       salfw.evaluate("png-size", model, x, maps))
+    clipped = salfw.evaluate("png-size", model, x, 4 * maps, normalise="none")  # mostly clipped to 1
+    assert (clipped < salfw.evaluate("png-size", model, x, 4 * maps)).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("metric", ["morf", "insertion", "completeness", "sensitivity-n", "infidelity",
+                                    "max-sensitivity", "randomization"])
+def test_random_metrics_score_alike_on_cpu_and_cuda(metric):
+    """Every random draw comes from the call's CPU generator: the same seed scores the same on CUDA."""
+    params = {**BATCH_CASES.get(metric, {}), **({"baseline": "uniform-noise"} if metric == "completeness" else {})}
+    scores = []
+    for device in ("cpu", "cuda"):
+        model = salfw.WhiteBox(small_cnn().module.to(device))
+        x = images(3, dtype=torch.float32).to(device)
+        e = salfw.explain("gradient", model, x)
+        scores.append(evaluate_full(metric, model, x, e, e.targets, seed=5, **params)[0].cpu())
+    assert torch.allclose(scores[0], scores[1], rtol=1e-3, atol=1e-4), (metric, scores)

@@ -67,7 +67,7 @@ def test_build_seed_is_reproducible_and_leaves_global_rng_alone():
     state = torch.get_rng_state()
     a, b = toolkit.build(CNN, seed=3), toolkit.build(CNN, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
-    for pa, pb in zip(a.parameters(), b.parameters()):
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
 
@@ -92,7 +92,7 @@ def test_training_is_deterministic_for_a_seed():
         losses = toolkit.train(model, x, y, epochs=2, batch_size=16, seed=5, augment=2, offset=-0.5)
         runs.append((model, losses))
     assert runs[0][1] == runs[1][1]
-    for pa, pb in zip(runs[0][0].parameters(), runs[1][0].parameters()):
+    for pa, pb in zip(runs[0][0].parameters(), runs[1][0].parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert not runs[0][0].training
 
@@ -134,7 +134,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     assert spec2 == spec and meta == {"accuracy": 0.5, "preprocessing": {"offset": -0.5}}
     assert not loaded.training
     assert [type(m) for m in loaded] == [type(m) for m in model]
-    for (na, a), (nb, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (na, a), (nb, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert na == nb and torch.equal(a, b)
     x = torch.rand(3, 1, 28, 28)
     assert torch.equal(model(x), loaded(x))

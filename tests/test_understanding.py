@@ -80,6 +80,43 @@ def test_explainers_are_registered():
         make_explainer("deepred", depth=0)
 
 
+def test_explainer_settings_use_the_shared_names():
+    with pytest.raises(ParameterError, match="'lr' is called 'learning_rate'"):
+        make_explainer("activation-maximisation", lr=0.1)
+    with pytest.raises(ParameterError, match="'target' is not a parameter"):
+        make_explainer("tcav", target=1)
+    with pytest.raises(ParameterError, match="'logit' is called 'logits'"):
+        make_explainer("activation-maximisation", objective="logit")
+
+
+NO_SIDE_EFFECTS = """
+import matplotlib
+matplotlib.use("svg")
+import torch
+seed = torch.initial_seed()
+import pathlib
+import salfw
+from salfw.evaluation.harness import Comparison, plot_curves
+from salfw.sdk.understanding import plots
+salfw.methods(), salfw.metrics(), salfw.model_explainers()  # loads every built-in plugin
+assert torch.initial_seed() == seed
+plots.plot_conv_weights(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)), "0", "w.png")
+plot_curves(Comparison(curves={"m": {"morf": {"fractions": [0.0, 1.0], "a": [1.0, 0.0]}}}), pathlib.Path("."))
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+"""
+
+
+def test_importing_and_plotting_change_no_global_state(tmp_path):
+    """No matplotlib.use and no global torch seeding, on import or when drawing."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", NO_SIDE_EFFECTS], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "w.png").read_bytes()[:4] == PNG and (tmp_path / "curves-m.png").exists()
+
+
 # -- activation maximisation ----------------------------------------------------------------
 def pattern_cnn() -> salfw.WhiteBox:
     """Class k's logit is the mean ReLU response of a zero-sum 3x3 pattern filter k (horizontal edge,
@@ -100,7 +137,7 @@ def test_activation_maximisation_raises_each_target_far_above_its_start():
     model = pattern_cnn()
     before = snapshot(model.module)
     # no jitter: the edge filters' optima are period-2 stripes, which a one-pixel shift inverts
-    params = dict(targets=(0, 1, 2), steps=80, lr=0.1, init_noise=0.02, jitter=0)
+    params = dict(classes=(0, 1, 2), iterations=80, learning_rate=0.1, init_noise=0.02, jitter=0)
     result = make_explainer("activation-maximisation", **params).run(model, seed=3)
     assert_unchanged(model.module, before)
     start, end = result["objective_start"], result["objective_end"]
@@ -118,14 +155,15 @@ def test_activation_maximisation_raises_each_target_far_above_its_start():
 
 def test_activation_maximisation_of_a_channel():
     model = tiny_cnn()
-    result = make_explainer("activation-maximisation", layer="3", channels=(0, 5), steps=40, lr=0.1).run(model)
+    result = make_explainer("activation-maximisation", layer="3", channels=(0, 5), iterations=40,
+                            learning_rate=0.1).run(model)
     assert (result["objective_end"] > result["objective_start"] + 0.05).all()
     with pytest.raises(ParameterError, match="6 channels"):
-        make_explainer("activation-maximisation", layer="3", channels=(6,), steps=2).run(model)
+        make_explainer("activation-maximisation", layer="3", channels=(6,), iterations=2).run(model)
     with pytest.raises(ParameterError, match="no layer named"):
-        make_explainer("activation-maximisation", layer="nope", steps=2).run(model)
+        make_explainer("activation-maximisation", layer="nope", iterations=2).run(model)
     with pytest.raises(ParameterError, match="3 classes"):
-        make_explainer("activation-maximisation", targets=(3,), steps=2).run(model)
+        make_explainer("activation-maximisation", classes=(3,), iterations=2).run(model)
 
 
 def test_activation_maximisation_needs_a_white_box_and_an_image_shape():
@@ -133,8 +171,8 @@ def test_activation_maximisation_needs_a_white_box_and_an_image_shape():
         make_explainer("activation-maximisation").run(salfw.BlackBox(lambda x: x.flatten(1)[:, :3]))
     net = salfw.WhiteBox(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)))
     with pytest.raises(ParameterError, match="shape"):
-        make_explainer("activation-maximisation", steps=2).run(net)
-    result = make_explainer("activation-maximisation", targets=(0, 2), steps=2, shape=(1, 8, 8)).run(net)
+        make_explainer("activation-maximisation", iterations=2).run(net)
+    result = make_explainer("activation-maximisation", classes=(0, 2), iterations=2, shape=(1, 8, 8)).run(net)
     assert result["inputs"].shape == (2, 1, 8, 8)
 
 
@@ -172,7 +210,7 @@ def test_tcav_finds_the_used_concept_and_not_a_random_one():
     random_concept = torch.rand(60, D, generator=g) * 2 - 1
     inputs = torch.rand(50, D, generator=g) * 2 - 1
     before = snapshot(model.module)
-    result = make_explainer("tcav", layer="0", target=1).run(
+    result = make_explainer("tcav", layer="0", class_index=1).run(
         model, {"concepts": {"high": concept, "random": random_concept}, "inputs": inputs}, seed=3)
     assert_unchanged(model.module, before)
     high, rand = result["concepts"]["high"], result["concepts"]["random"]
@@ -180,7 +218,7 @@ def test_tcav_finds_the_used_concept_and_not_a_random_one():
     assert not rand["significant"] and rand["p_value"] > 0.05
     assert len(result["random_scores"]) == 10
     # for the other class the concept lowers the logit: score near 0, still significant
-    other = make_explainer("tcav", layer="0", target=0, classifier="logistic").run(
+    other = make_explainer("tcav", layer="0", class_index=0, classifier="logistic").run(
         model, {"concepts": {"high": concept}, "inputs": inputs}, seed=3)
     assert other["concepts"]["high"]["mean"] < 0.05 and other["concepts"]["high"]["significant"]
 
@@ -200,7 +238,7 @@ def test_tcav_rejects_bad_data():
     with pytest.raises(ParameterError, match="no layer named"):
         make_explainer("tcav", runs=2).run(model, {"concepts": {"c": x}, "inputs": x})
     with pytest.raises(ParameterError, match="2 classes"):
-        make_explainer("tcav", layer="0", target=5, runs=2).run(model, {"concepts": {"c": x}, "inputs": x})
+        make_explainer("tcav", layer="0", class_index=5, runs=2).run(model, {"concepts": {"c": x}, "inputs": x})
 
 
 # -- rules and DeepRED -------------------------------------------------------------------
@@ -366,7 +404,8 @@ def test_cli_train_is_deterministic_and_test_reports(fake_mnist, tmp_path):
     assert metadata["seed"] == 4 and metadata["train_images"] == 256
 
     result = runner.invoke(toolkit_cli.test_command, ["--model", str(tmp_path / "a.safetensors"), "--limit", "300",
-                                          "--mnist-dir", str(fake_mnist), "--out", str(tmp_path / "t"), "--errors", "8"])
+                                                      "--mnist-dir", str(fake_mnist), "--out", str(tmp_path / "t"),
+                                                      "--errors", "8"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     accuracy = float(lines[0].split(":")[1].strip().rstrip("%")) / 100
@@ -443,13 +482,13 @@ def test_deepred_and_surrogate_on_the_builtin_mlp(mnist_digits):
 
 def test_activation_maximisation_on_the_builtin_cnn():
     model = salfw.load_model("builtin:mnist-cnn")
-    result = make_explainer("activation-maximisation", targets=(3, 7), steps=24).run(model)
+    result = make_explainer("activation-maximisation", classes=(3, 7), iterations=24).run(model)
     assert (result["objective_end"] > result["objective_start"] + 5).all()
     scores = model.scores(result["inputs"])[:, [3, 7]]
     assert scores[0, 0] > scores[1, 0] and scores[1, 1] > scores[0, 1]  # each class likes its own image best
     # the log-probability objective also pushes the other classes down: each image is taken for its class
-    probable = make_explainer("activation-maximisation", targets=(2, 3, 9), steps=32,
-                              objective="log-probability").run(model)
+    probable = make_explainer("activation-maximisation", classes=(2, 3, 9), iterations=32,
+                              objective="log-probabilities").run(model)
     assert model.scores(probable["inputs"]).argmax(1).tolist() == [2, 3, 9]
 
 

@@ -30,16 +30,19 @@ import math
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from salfw.core.api import as_batch, evaluate_full, explain, make_metric, metrics as registered_metrics
+from salfw.core.api import as_batch, evaluate_full, explain, make_metric
+from salfw.core.api import metrics as registered_metrics
+from salfw.core.context import Context
+from salfw.core.contracts import Metric
 from salfw.core.errors import InputError, SalfwError
 from salfw.core.explanation import Explanation
-from salfw.core.guard import preserved
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import params_to_json
 
@@ -179,7 +182,7 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 if method == REFERENCE:
                     explanation = _random_map(model, batch, targets, seed)
                 else:
-                    explanation = explain(method, model, batch, target=targets, seed=seed,
+                    explanation = explain(method, model, batch, target=targets, seed=seed, progress=False,
                                           **method_params.get(method, {}))
             except SalfwError as exc:
                 result.skipped.append({"model": model_name, "method": method, "metric": None,
@@ -198,7 +201,11 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                     continue
                 cls = known.get(metric)
                 params = metric_params.get(metric, {})
-                reason = _not_applicable(cls, metric, model, batch, masks)
+                if cls is None:
+                    result.skipped.append({"model": model_name, "method": method, "metric": metric,
+                                           "reason": f"unknown metric '{metric}'"})
+                    continue
+                reason = _not_applicable(cls, metric, model, batch)
                 if method == REFERENCE and (metric in REEXPLAIN_COST or metric == "runtime"):
                     continue
                 use_x, use_e, use_mask = batch, explanation, masks
@@ -216,7 +223,7 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 start = time.perf_counter()
                 try:
                     values, extras = evaluate_full(metric, model, use_x, use_e, use_e.targets, seed, mask=use_mask,
-                                                  **params)
+                                                  progress=False, **params)
                 except SalfwError as exc:
                     result.skipped.append({"model": model_name, "method": method, "metric": metric,
                                            "reason": str(exc).splitlines()[0]})
@@ -231,12 +238,12 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
     return result
 
 
-def _random_map(model: Model, x: torch.Tensor, targets, seed: int) -> Explanation:
+def _random_map(model: Model, x: torch.Tensor, targets: Any, seed: int) -> Explanation:
     from salfw.core.api import as_targets
 
-    predicted = model.scores(x).argmax(dim=1)
-    chosen = as_targets(targets, x.shape[0], int(model.num_classes), predicted)
-    gen = torch.Generator().manual_seed(int(seed) + 1)
+    scores = model.scores(x)
+    chosen = as_targets(targets, x.shape[0], scores.shape[1], scores.argmax(dim=1))
+    gen = Context(seed).fresh_generator(1)
     noise = torch.rand((x.shape[0], 1, *x.shape[2:]) if x.dim() == 4 else x.shape, generator=gen, dtype=x.dtype)
     return Explanation(noise.to(x.device), chosen, REFERENCE, "additive", {}, {"seconds": 0.0}, x,
                        model.input_range)
@@ -248,9 +255,7 @@ def _same_flip_settings(metric_params: dict) -> bool:
     return all(morf.get(k) == lerf.get(k) == abpc.get(k) for k in keys)
 
 
-def _not_applicable(cls, metric: str, model: Model, x: torch.Tensor, masks) -> str | None:
-    if cls is None:
-        return f"unknown metric '{metric}'"
+def _not_applicable(cls: type[Metric], metric: str, model: Model, x: torch.Tensor) -> str | None:
     if "white-box" in cls.needs and not isinstance(model, WhiteBox):
         return "needs a white-box model"
     if metric in ("ssim", "png-size", "pointing-game") and x.dim() != 4:
@@ -313,21 +318,21 @@ def _fmt(value: float, digits: int) -> str:
 
 
 def plot_curves(result: Comparison, directory: Path) -> list[Path]:
-    """``curves-<model>.png``: one panel per flipping metric, one line per method."""
-    import matplotlib
+    """``curves-<model>.png``: one panel per flipping metric, one line per method (drawn on a
+    ``matplotlib.figure.Figure``, so matplotlib's global backend is left alone)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    colours = colormaps["tab20"](range(20))
     written = []
     for model, by_metric in result.curves.items():
         panels = [m for m in CURVE_METRICS if m in by_metric]
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-        for ax, metric in zip(axes[0], panels):
+        fig = Figure(figsize=(4.2 * len(panels), 3.6))
+        axes = fig.subplots(1, len(panels), squeeze=False)
+        for ax, metric in zip(axes[0], panels, strict=True):
             curves = by_metric[metric]
             fractions = curves["fractions"]
             lines = [name for name in curves if name not in ("fractions", "random order", REFERENCE)]
-            colours = plt.get_cmap("tab20").colors
             for index, name in enumerate(lines):
                 ax.plot(fractions, curves[name], label=name, linewidth=1.2, color=colours[index % 20],
                         linestyle=("-", "-.", ":")[index // 20 % 3])
@@ -343,7 +348,6 @@ def plot_curves(result: Comparison, directory: Path) -> list[Path]:
         fig.tight_layout()
         path = directory / f"curves-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
         written.append(path)
     return written
 

@@ -35,16 +35,21 @@ Only plain MLPs qualify: an ``nn.Sequential`` of ``Flatten``, ``Linear`` and
 from __future__ import annotations
 
 import dataclasses
+import typing
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from salfw.core.context import Context
 from salfw.core.contracts import ModelExplainer
 from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
-from salfw.core.params import param
+from salfw.core.models import Model, WhiteBox
+from salfw.core.params import batch_size, param
+from salfw.sdk.understanding.context import explainer_context
 from salfw.sdk.understanding.data import train_heldout
 from salfw.sdk.understanding.layers import require_white_box
 from salfw.sdk.understanding.rules import Term, conditions, conjoin, dedupe, format_term, leaf_terms, matches
@@ -52,18 +57,19 @@ from salfw.sdk.understanding.rules import Term, conditions, conjoin, dedupe, for
 _ALLOWED = (nn.Flatten, nn.Linear, nn.ReLU)
 
 
-def mlp_activations(model, x: torch.Tensor, batch_size: int = 512) -> tuple[list[np.ndarray], np.ndarray]:
+def mlp_activations(model: WhiteBox, x: torch.Tensor, ctx: Context) -> tuple[list[np.ndarray], np.ndarray]:
     """``([h_0, h_1, .., h_m], decisions)``: the flattened input, each ReLU's output (float64 numpy) and
-    the argmax of the logits, for the pixel-space batch ``x``."""
-    relus = [m for m in model.module if isinstance(m, nn.ReLU)]
+    the argmax of the logits, for the pixel-space batch ``x`` (in chunks of ``ctx``'s batch size)."""
+    sequential = typing.cast(nn.Sequential, model.module)  # DeepRED.check_model: an nn.Sequential MLP
+    relus = [m for m in sequential if isinstance(m, nn.ReLU)]
     layers: list[list[torch.Tensor]] = [[] for _ in relus]
     handles = [r.register_forward_hook(lambda _m, _i, o, k=k: layers[k].append(o.detach().flatten(1)))
                for k, r in enumerate(relus)]
     decisions = []
     try:
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                decisions.append(model.forward(x[start:start + batch_size]).argmax(1))
+            for chunk in ctx.batches(len(x), description="deepred activations"):
+                decisions.append(model.forward(x[chunk]).argmax(1))
     finally:
         for h in handles:
             h.remove()
@@ -107,8 +113,9 @@ class DeepRED(ModelExplainer):
         depth: int = param(2, "depth of the trees describing each condition on the previous layer", low=1)
         min_samples_leaf: int = param(5, "fewest training inputs per tree leaf (pruning)", low=1)
         max_rules: int = param(20000, "stop with an error when the merged rule set grows beyond this", low=1)
+        batch_size: int = batch_size(512, "inputs per forward pass while reading the activations")
 
-    def check_model(self, model) -> None:
+    def check_model(self, model: WhiteBox) -> None:
         module = model.module
         if not isinstance(module, nn.Sequential):
             raise ModelRequirementError(f"deepred needs an nn.Sequential MLP of Flatten/Linear/ReLU layers, "
@@ -120,13 +127,14 @@ class DeepRED(ModelExplainer):
         if not any(isinstance(layer, nn.ReLU) for layer in module):
             raise ModelRequirementError("deepred needs at least one hidden ReLU layer; the network has none")
 
-    def _tree(self, features: np.ndarray, labels: np.ndarray, depth: int, seed: int):
+    def _tree(self, features: np.ndarray, labels: np.ndarray, depth: int, seed: int) -> Any:
         from sklearn.tree import DecisionTreeClassifier
 
         return DecisionTreeClassifier(max_depth=depth, min_samples_leaf=self.params.min_samples_leaf,
                                       random_state=seed).fit(features, labels)
 
-    def _substitute(self, rules: list[tuple[Term, int, int]], below: np.ndarray, here: np.ndarray, seed: int):
+    def _substitute(self, rules: list[tuple[Term, int, int]], below: np.ndarray, here: np.ndarray,
+                    seed: int) -> list[tuple[Term, int, int]]:
         """Rewrite rules on layer ``here`` as rules on layer ``below`` (both (N, D) training activations)."""
         cache: dict[tuple[int, float], tuple[list[Term], list[Term]]] = {}
 
@@ -152,18 +160,19 @@ class DeepRED(ModelExplainer):
             out += [(e, cls, leaf) for e in expanded]
         return out
 
-    def run(self, model, data=None, seed: int = 0) -> dict:
-        model = require_white_box(model, "deepred")
-        self.check_model(model)
-        inputs, heldout, labels = train_heldout(data, "deepred", model)
-        with preserved(model.module):
-            layers, decisions = mlp_activations(model, inputs)
-            held_layers, held_decisions = mlp_activations(model, heldout)
-            num_classes = int(model.forward(heldout[:1]).shape[1])
+    def run(self, model: Model, data: Any = None, seed: int = 0) -> dict[str, Any]:
+        white = require_white_box(model, "deepred")
+        self.check_model(white)
+        inputs, heldout, labels = train_heldout(data, "deepred", white)
+        ctx = explainer_context(self, seed)
+        with preserved(white.module):
+            layers, decisions = mlp_activations(white, inputs, ctx)
+            held_layers, held_decisions = mlp_activations(white, heldout, ctx)
+            num_classes = int(white.forward(heldout[:1]).shape[1])
         rules = [(term, cls, leaf) for leaf, (term, cls) in
-                 enumerate(leaf_terms(self._tree(layers[-1], decisions, self.params.output_depth, seed)))]
+                 enumerate(leaf_terms(self._tree(layers[-1], decisions, self.params.output_depth, ctx.seed)))]
         for k in range(len(layers) - 1, 0, -1):
-            rules = self._substitute(rules, layers[k - 1], layers[k], seed)
+            rules = self._substitute(rules, layers[k - 1], layers[k], ctx.seed)
         default = int(np.bincount(decisions, minlength=num_classes).argmax())
         predicted = predict_rules(rules, held_layers[0], num_classes, default)
         result = {

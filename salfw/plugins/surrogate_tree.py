@@ -25,6 +25,7 @@ what it shows is not what the network does.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import torch
 from salfw.core.contracts import ModelExplainer
 from salfw.core.guard import preserved
 from salfw.core.hookspecs import hookimpl
+from salfw.core.models import Model
 from salfw.core.params import param
 from salfw.sdk.understanding.data import train_heldout
 
@@ -56,7 +58,7 @@ class SurrogateTree(ModelExplainer):
         max_depth: int = param(5, "depth of the tree (small enough to read)", low=1)
         min_samples_leaf: int = param(1, "fewest training inputs per leaf (scikit-learn's default)", low=1)
 
-    def run(self, model, data=None, seed: int = 0) -> dict:
+    def run(self, model: Model, data: Any = None, seed: int = 0) -> dict[str, Any]:
         from sklearn.tree import DecisionTreeClassifier
 
         inputs, heldout, labels = train_heldout(data, "surrogate-tree", model)

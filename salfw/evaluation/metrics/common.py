@@ -1,15 +1,16 @@
-"""Helpers shared by the metrics: heatmaps, target outputs, seeded generators,
-batched rank and linear correlations."""
+"""Helpers shared by the metrics: heatmaps, target outputs, batched rank and linear
+correlations, map normalisation."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 
 from salfw.core.errors import InputError
+from salfw.core.explanation import Explanation
 from salfw.core.models import Model
-
-OUTPUTS = ("probability", "logit")
 
 
 def heatmap(attributions: torch.Tensor) -> torch.Tensor:
@@ -21,16 +22,12 @@ def target_output(model: Model, x: torch.Tensor, targets: torch.Tensor, output: 
                   batch_size: int) -> torch.Tensor:
     """The target class's probability or raw score for each row of ``x`` (no gradients, chunked).
 
-    "logit" is the model's raw score (a black box returning probabilities gives those).
+    ``output`` is one of :data:`salfw.core.params.OUTPUTS`: "logits" is the model's raw score
+    (a black box returning probabilities gives those).
     """
     scores = model.scores(x, batch_size)
-    values = model.to_probabilities(scores) if output == "probability" else scores
+    values = model.to_probabilities(scores) if output == "probabilities" else scores
     return values.gather(1, targets.to(values.device)[:, None]).squeeze(1)
-
-
-def generator(seed: int, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded with ``seed`` (CPU for CPU tensors)."""
-    return torch.Generator(device=device).manual_seed(int(seed))
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -56,12 +53,16 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def normalise_map(hm: torch.Tensor, how: str) -> torch.Tensor:
-    """Scale each (H, W) map of an (N, H, W) batch to [0, 1].
+    """Scale each (H, W) map of an (N, H, W) batch to [0, 1] (``how``: one of
+    :data:`salfw.core.params.NORMALISATIONS`).
 
     "abs-max": ``|h| / max|h|`` (zero stays zero: black background like MNIST's);
-    "min-max": ``(h - min) / (max - min)``. A constant map becomes all zeros (min-max) or
-    all ones (abs-max, unless it is zero).
+    "min-max": ``(h - min) / (max - min)``; "none": the map as it is (for maps already in
+    [0, 1], such as masks). A constant map becomes all zeros (min-max) or all ones (abs-max,
+    unless it is zero).
     """
+    if how == "none":
+        return hm
     flat = hm.flatten(1)
     if how == "abs-max":
         flat = flat.abs()
@@ -79,7 +80,7 @@ def require_images(name: str, x: torch.Tensor) -> None:
         raise InputError(f"metric '{name}' scores image maps (N, C, H, W); got inputs of shape {tuple(x.shape)}")
 
 
-def require_explanation(name: str, context: dict):
+def require_explanation(name: str, context: dict[str, Any]) -> Explanation:
     """The Explanation passed through ``salfw.evaluate`` (metrics that re-run the method need it)."""
     explanation = context.get("explanation")
     if explanation is None:

@@ -14,8 +14,8 @@ and follow the target's output.
   Noise Covering thesis, Samek et al. drew uniform noise too. Features are single pixels
   (``patch`` 1, the usual MNIST choice) or ``patch`` x ``patch`` regions ranked by their mean
   relevance (Samek et al. use 9 x 9 regions on 224-pixel images). ``extras`` hold the curve,
-  and (``baseline``) the curve and AOPC of a random removal order -- a map no better than chance
-  scores the same as it.
+  and (``random_order``) the curve and AOPC of a random removal order -- a map no better than
+  chance scores the same as it.
 * ``abpc`` -- the area between the LeRF and MoRF curves, ``1/(L+1) sum_k (f_LeRF(k) - f_MoRF(k))
   = AOPC_MoRF - AOPC_LeRF`` (Schulz et al. 2020 name it ABPC); higher is better.
 * ``deletion`` / ``insertion`` -- Petsiuk, Das & Saenko 2018 (RISE): the area under the
@@ -23,26 +23,32 @@ and follow the target's output.
   most relevant first starting from the input (lower is better; the paper deletes to black,
   the default here), or inserted most relevant first into a blurred copy of the input (higher is
   better; the paper's canvas is a blur, the default here is the registry's ``blur`` with its
-  sigma of 5 pixels; pass ``perturbation="black"`` for a black canvas).
+  sigma of 5 pixels; pass ``perturbation="black"`` for a black canvas, its settings as
+  ``perturbation.sigma=2``).
 
 Ties in the ranking are broken by one seeded random permutation of the features (shared by all
-samples), so a flat map behaves like a random order rather than a raster scan. Every step of
-every sample is built on the fly in chunks of ``batch_size`` forward passes; no Python loop over
-samples or steps.
+samples), so a flat map behaves like a random order rather than a raster scan. Every curve of a
+call replays the same CPU random stream (``ctx.fresh_generator()``): the same fill and the same
+tie-breaking permutation, so MoRF, LeRF and the random order differ only in their ranking. Every
+step of every sample is built on the fly in chunks of ``batch_size`` forward passes
+(``ctx.batches``); no Python loop over samples or steps.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import torch
 
 from salfw.core.api import make_perturbation
+from salfw.core.context import Context
 from salfw.core.contracts import Metric
-from salfw.core.params import param
+from salfw.core.models import Model
+from salfw.core.params import Component, batch_size, component, output, param, steps
 
-from .common import OUTPUTS, generator, heatmap, target_output
+from .common import heatmap, target_output
 
 
 def feature_scores(attributions: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,22 +89,22 @@ def removal_ranks(scores: torch.Tensor, order: str, gen: torch.Generator) -> tor
     return torch.empty_like(sequence).scatter_(1, sequence, positions)
 
 
-def flip_curves(model, x: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor,
+def flip_curves(model: Model, x: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor,
                 pixel_feature: torch.Tensor, fill: torch.Tensor, steps: int, insertion: bool,
-                output: str, batch_size: int) -> torch.Tensor:
+                output: str, ctx: Context, batch_size: int) -> torch.Tensor:
     """The target output after each of ``steps + 1`` steps (N, steps + 1).
 
     At step ``k`` the first ``round(k F / steps)`` features in rank order are taken from
     ``fill`` (deletion) or are the only ones taken from ``x`` (insertion). All (sample, step)
-    pairs are enumerated and evaluated in chunks of ``batch_size``.
+    pairs are enumerated and evaluated in chunks of ``batch_size`` (``ctx.batches``).
     """
     n, f = ranks.shape
     points = steps + 1
     counts = torch.round(torch.linspace(0, f, points, device=x.device, dtype=torch.float64)).long()
     fill = fill.expand_as(x)
     values = []
-    for start in range(0, n * points, batch_size):
-        j = torch.arange(start, min(start + batch_size, n * points), device=x.device)
+    for chunk in ctx.batches(n * points, batch_size, unit="input"):
+        j = torch.arange(chunk.start, chunk.stop, device=x.device)
         i, k = j // points, j % points
         removed = ranks[i] < counts[k][:, None]
         keep = (removed if insertion else ~removed)[:, pixel_feature].to(x.dtype)
@@ -114,20 +120,18 @@ class _Flipping(Metric):
     order: str = "morf"
     insertion: bool = False
 
-    def _fill(self, model, x, gen):
-        perturbation = make_perturbation(self.params.perturbation)
-        return perturbation.fill(x, model.input_range, gen)
-
-    def _curve(self, model, x, attributions, targets, seed, order, insertion=False):
+    def _curve(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+               ctx: Context, order: str, insertion: bool = False) -> torch.Tensor:
+        """One curve; every curve of a call replays the same random stream (same fill, same ties)."""
         p = self.params
-        gen = generator(seed, x.device)
-        fill = self._fill(model, x, gen)
+        gen = ctx.fresh_generator()
+        fill = make_perturbation(p.perturbation).fill(x, model.input_range, gen)
         scores, pixel_feature = feature_scores(attributions, p.patch)
         ranks = removal_ranks(scores, order, gen)
         return flip_curves(model, x, targets, ranks, pixel_feature, fill, p.steps, insertion,
-                           p.output, p.batch_size)
+                           p.output, ctx, p.batch_size)
 
-    def _fractions(self, x):
+    def _fractions(self, x: torch.Tensor) -> torch.Tensor:
         return torch.linspace(0, 1, self.params.steps + 1, dtype=x.dtype, device=x.device)
 
 
@@ -138,13 +142,13 @@ def aopc(curve: torch.Tensor) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class FlipParams:
-    perturbation: str = param("uniform-noise", "replacement, a registered perturbation (Noise Covering thesis: "
-                                               "uniform noise)")
-    steps: int = param(100, "number of equal removal steps (curve has steps + 1 points)", low=1)
+    perturbation: Component = component("uniform-noise", "perturbation", "replacement, a registered perturbation "
+                                                                         "(Noise Covering thesis: uniform noise)")
+    steps: int = steps(100, "number of equal removal steps (the curve has steps + 1 points)")
     patch: int = param(1, "features are patch x patch pixel regions (1: single pixels)", low=1)
-    output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-    baseline: bool = param(True, "also run a random removal order (extras: random_curve, random_aopc)")
-    batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+    output: str = output("probabilities", "the followed output of the target class")
+    random_order: bool = param(True, "also run a random removal order (extras: random_curve, random_aopc)")
+    batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
 
 class MoRF(_Flipping):
@@ -153,12 +157,12 @@ class MoRF(_Flipping):
     higher_is_better = True
     Params = FlipParams
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
-        curve = self._curve(model, x, attributions, targets, seed, self.order)
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        curve = self._curve(model, x, attributions, targets, ctx, self.order)
         extras = {"fractions": self._fractions(x), "curve": curve}
-        if self.params.baseline:
-            random_curve = self._curve(model, x, attributions, targets, seed, "random")
+        if self.params.random_order:
+            random_curve = self._curve(model, x, attributions, targets, ctx, "random")
             extras.update(random_curve=random_curve, random_aopc=aopc(random_curve))
         return aopc(curve), extras
 
@@ -177,16 +181,16 @@ class ABPC(_Flipping):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        perturbation: str = param("uniform-noise", "replacement, a registered perturbation")
-        steps: int = param(100, "number of equal removal steps", low=1)
+        perturbation: Component = component("uniform-noise", "perturbation", "replacement, a registered perturbation")
+        steps: int = steps(100, "number of equal removal steps")
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
-        output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        output: str = output("probabilities", "the followed output of the target class")
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
-        morf = self._curve(model, x, attributions, targets, seed, "morf")
-        lerf = self._curve(model, x, attributions, targets, seed, "lerf")
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        morf = self._curve(model, x, attributions, targets, ctx, "morf")
+        lerf = self._curve(model, x, attributions, targets, ctx, "lerf")
         return (lerf - morf).mean(dim=1), {"fractions": self._fractions(x), "morf_curve": morf,
                                            "lerf_curve": lerf}
 
@@ -198,15 +202,15 @@ class Deletion(_Flipping):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        perturbation: str = param("black", "what deleted features become (RISE: black)")
-        steps: int = param(100, "number of equal deletion steps", low=1)
+        perturbation: Component = component("black", "perturbation", "what deleted features become (RISE: black)")
+        steps: int = steps(100, "number of equal deletion steps")
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
-        output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        output: str = output("probabilities", "the followed output of the target class")
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
-        curve = self._curve(model, x, attributions, targets, seed, "morf", self.insertion)
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        curve = self._curve(model, x, attributions, targets, ctx, "morf", self.insertion)
         return torch.trapezoid(curve, dx=1.0 / self.params.steps, dim=1), {
             "fractions": self._fractions(x), "curve": curve}
 
@@ -220,11 +224,12 @@ class Insertion(Deletion):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        perturbation: str = param("blur", "the starting canvas (RISE: a blurred input; registry blur, sigma 5)")
-        steps: int = param(100, "number of equal insertion steps", low=1)
+        perturbation: Component = component("blur", "perturbation", "the starting canvas (RISE: a blurred input; "
+                                                                    "registry blur, sigma 5)")
+        steps: int = steps(100, "number of equal insertion steps")
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
-        output: str = param("probability", "the followed output of the target class", choices=OUTPUTS)
-        batch_size: int = param(256, "perturbed inputs per forward pass", low=1)
+        output: str = output("probabilities", "the followed output of the target class")
+        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
 
 FLIPPING = (MoRF, LeRF, ABPC, Deletion, Insertion)

@@ -2,14 +2,14 @@
 
 * ``png-size`` -- bytes of the map saved as an 8-bit greyscale PNG (PIL, ``compress_level=9``,
   ``optimize=False``, fixed so sizes compare across runs). The map is scaled to [0, 255] by
-  ``normalise`` ("abs-max" default: ``|h| / max|h|``). A compact, low-noise map compresses well
-  (the thesis reads smaller as less noisy); since an empty map is smallest of all, the metric
-  states no direction.
+  ``normalise`` ("abs-max" default: ``|h| / max|h|``; "min-max"; "none" for maps already in
+  [0, 1], clipped to it). A compact, low-noise map compresses well (the thesis reads smaller as
+  less noisy); since an empty map is smallest of all, the metric states no direction.
 * ``ssim`` -- the structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004) between the map
-  scaled to [0, 1] and the greyscale input scaled to [0, 1] by its ``input_range``: Gaussian
-  window sigma 1.5 truncated at 3.5 sigma (11 x 11), K1 = 0.01, K2 = 0.03, population
-  covariances, data range 1, averaged over the positions where the window fits -- exactly
-  ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+  scaled to [0, 1] (``normalise``, as for ``png-size``) and the greyscale input scaled to [0, 1]
+  by its ``input_range``: Gaussian window sigma 1.5 truncated at 3.5 sigma (11 x 11), K1 = 0.01,
+  K2 = 0.03, population covariances, data range 1, averaged over the positions where the window
+  fits -- exactly ``skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
   use_sample_covariance=False, data_range=1)``, computed for the whole batch with two
   convolutions. A map that follows the object (the digit) scores high.
 """
@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from salfw.core.context import Context
 from salfw.core.contracts import Metric
-from salfw.core.params import param
+from salfw.core.models import Model
+from salfw.core.params import normalise
 
 from .common import heatmap, normalise_map, require_images
-
-NORMALISATIONS = ("abs-max", "min-max")
 
 
 def png_sizes(maps01: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, truncate: float =
     g = torch.exp(-0.5 * (t / sigma) ** 2)
     g = g / g.sum()
 
-    def blur(z):
+    def blur(z: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.conv2d(z, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
 
     mu_a, mu_b = blur(a), blur(b)
@@ -76,7 +77,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5, truncate: float =
     return s.mean(dim=(1, 2, 3))
 
 
-def greyscale(x: torch.Tensor, input_range) -> torch.Tensor:
+def greyscale(x: torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
     """(N, H, W) in [0, 1]: the channel mean of the input scaled by its range."""
     lo, hi = input_range
     return ((x - lo) / (hi - lo)).mean(dim=1)
@@ -89,10 +90,10 @@ class PNGSize(Metric):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        normalise: str = param("abs-max", "scaling of the map to [0, 255]", choices=NORMALISATIONS)
+        normalise: str = normalise("abs-max", "scaling of the map to [0, 255]")
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> torch.Tensor:
         require_images(self.name, x)
         maps = normalise_map(heatmap(attributions), self.params.normalise)
         return png_sizes(maps).to(device=x.device, dtype=x.dtype)
@@ -105,10 +106,10 @@ class SSIM(Metric):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        normalise: str = param("abs-max", "scaling of the map to [0, 1]", choices=NORMALISATIONS)
+        normalise: str = normalise("abs-max", "scaling of the map to [0, 1]")
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> torch.Tensor:
         require_images(self.name, x)
         maps = normalise_map(heatmap(attributions), self.params.normalise)
         return ssim(maps, greyscale(x, model.input_range)).to(x.dtype)

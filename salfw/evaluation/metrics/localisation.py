@@ -14,13 +14,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from salfw.core.context import Context
 from salfw.core.contracts import Metric
 from salfw.core.errors import InputError
-from salfw.core.params import param
+from salfw.core.models import Model
+from salfw.core.params import tolerance
 
 from .common import heatmap, require_explanation, require_images
 
@@ -43,10 +46,10 @@ class PointingGame(Metric):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        tolerance: int | None = param(None, "pixels the mask is grown by; None: 15 px at 224 px, scaled", low=0)
+        tolerance: int | None = tolerance(None, "pixels the mask is grown by; None: 15 px at 224 px, scaled")
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         require_images(self.name, x)
         mask = context.get("mask")
         if mask is None:
@@ -59,14 +62,14 @@ class PointingGame(Metric):
             raise InputError(f"pointing-game mask must have shape {(x.shape[0], *x.shape[2:])} "
                              f"(or with a channel of 1), got {tuple(mask.shape)}")
         h, w = x.shape[2:]
-        tolerance = self.params.tolerance
-        if tolerance is None:
-            tolerance = round(15 * max(h, w) / 224)
+        radius = self.params.tolerance
+        if radius is None:
+            radius = round(15 * max(h, w) / 224)
         hm = heatmap(attributions).flatten(1)
         peak = hm.argmax(dim=1)
-        grown = dilate(mask != 0, tolerance).flatten(1)
+        grown = dilate(mask != 0, radius).flatten(1)
         hits = grown.gather(1, peak[:, None])[:, 0]
-        return hits.to(x.dtype), {"peak": torch.stack([peak // w, peak % w], dim=1), "tolerance": tolerance}
+        return hits.to(x.dtype), {"peak": torch.stack([peak // w, peak % w], dim=1), "tolerance": radius}
 
 
 class Runtime(Metric):
@@ -74,8 +77,8 @@ class Runtime(Metric):
     summary = "seconds per explained sample, with forward/backward passes per sample (from the explanation)"
     higher_is_better = False
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         meta = require_explanation(self.name, context).meta
         n = x.shape[0]
         ones = torch.ones(n, dtype=x.dtype, device=x.device)

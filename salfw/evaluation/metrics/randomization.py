@@ -18,22 +18,29 @@ likewise ``independent_*``, and ``layers`` (the module paths, top first).
 registration order. Re-drawn values are Gaussian with the same mean and standard deviation as
 the trained tensor (the paper re-initialises from a truncated normal; matching the moments keeps
 the activations' scale, so no map dies of vanishing signals). The user's module is never
-touched: each variant is a ``copy.deepcopy``. The method is re-run through ``salfw.explain``
-with the explanation's recorded parameters and seed-derived randomness; parameters recorded only
-as JSON summaries (tensor baselines) cannot be replayed and raise a ParameterError.
+touched: each variant is a ``copy.deepcopy``, its weights drawn from a CPU generator seeded per
+layer path (``ctx.fresh_generator``), so a layer gets the same weights in every variant and on
+every device. The method is re-run through ``salfw.explain`` with the explanation's recorded
+parameters and the call's seed; parameters recorded only as JSON summaries (tensor baselines)
+cannot be replayed and raise a ParameterError.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import torch
 
 from salfw.core.api import explain
+from salfw.core.context import Context
 from salfw.core.contracts import Metric
 from salfw.core.errors import ParameterError
+from salfw.core.explanation import Explanation
+from salfw.core.models import Model
 from salfw.core.params import param
+from salfw.sdk.understanding.layers import require_white_box
 
 from .common import heatmap, normalise_map, require_explanation, spearman
 from .image import ssim
@@ -45,12 +52,13 @@ def parameter_layers(module: torch.nn.Module) -> list[str]:
             if any(True for _ in m.parameters(recurse=False))]
 
 
-def randomised_copy(module: torch.nn.Module, layers: list[str], seed: int) -> torch.nn.Module:
-    """A deep copy of ``module`` with the parameters of ``layers`` re-drawn (seeded per layer path)."""
+def randomised_copy(module: torch.nn.Module, layers: list[str], ctx: Context) -> torch.nn.Module:
+    """A deep copy of ``module`` with the parameters of ``layers`` re-drawn (a CPU generator seeded
+    per layer path: ``ctx.fresh_generator`` at an offset derived from the path)."""
     clone = copy.deepcopy(module)
     named = dict(clone.named_modules())
     for path in layers:
-        gen = torch.Generator().manual_seed(int(seed) + sum(path.encode()) * 7919)
+        gen = ctx.fresh_generator(sum(path.encode()) * 7919)
         for p in named[path].parameters(recurse=False):
             mean, std = p.detach().mean(), (p.detach().std() if p.numel() > 1 else p.detach().abs())
             draw = torch.randn(p.shape, generator=gen, dtype=p.dtype)
@@ -58,7 +66,7 @@ def randomised_copy(module: torch.nn.Module, layers: list[str], seed: int) -> to
     return clone
 
 
-def replay_params(explanation) -> dict:
+def replay_params(explanation: Explanation) -> dict[str, Any]:
     summaries = [k for k, v in explanation.params.items() if isinstance(v, dict)]
     if summaries:
         raise ParameterError(f"cannot re-run '{explanation.method}': parameter(s) {', '.join(summaries)} were "
@@ -68,7 +76,8 @@ def replay_params(explanation) -> dict:
 
 class Randomization(Metric):
     name = "randomization"
-    summary = "Spearman correlation of the map after cascading weight randomisation (Adebayo et al. 2018); lower is better"
+    summary = ("Spearman correlation of the map after cascading weight randomisation (Adebayo et al. 2018); "
+               "lower is better")
     higher_is_better = False
     needs = ("white-box",)
 
@@ -83,27 +92,33 @@ class Randomization(Metric):
                 "ssim": ssim(normalise_map(original, "abs-max"), normalise_map(changed, "abs-max")).to(a.dtype)
                 if original.dim() == 3 and min(original.shape[1:]) >= 11 else torch.full_like(a[:, 0], float("nan"))}
 
-    def score(self, model, x, attributions, targets, ctx, **context):
-        seed = ctx.seed
+    def score(self, model: Model, x: torch.Tensor, attributions: torch.Tensor, targets: torch.Tensor,
+              ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
+        white = require_white_box(model, "metric 'randomization'")
         explanation = require_explanation(self.name, context)
         params = replay_params(explanation)
-        layers = parameter_layers(model.module)[::-1]  # top first
+        layers = parameter_layers(white.module)[::-1]  # top first
         original = heatmap(attributions)
-
-        def run(randomised_layers):
-            variant = copy.copy(model)
-            variant.module = randomised_copy(model.module, randomised_layers, seed)
-            again = explain(explanation.method, variant, x, targets, seed, **params)
-            return self._compare(original, heatmap(again.attributions.to(x.dtype)))
-
-        extras: dict = {"layers": layers}
         schedules = {"cascading": [layers[:i + 1] for i in range(len(layers))]}
         if self.params.independent:
             schedules["independent"] = [[layer] for layer in layers]
-        for kind, schedule in schedules.items():
-            results = [run(chosen) for chosen in schedule]
+        bar = ctx.progress(sum(map(len, schedules.values())), "randomization", unit="network")
+
+        def run(randomised_layers: list[str]) -> dict[str, torch.Tensor]:
+            variant = copy.copy(white)
+            variant.module = randomised_copy(white.module, randomised_layers, ctx)
+            again = explain(explanation.method, variant, x, targets, ctx.seed, progress=False, **params)
+            bar.update(1)
+            return self._compare(original, heatmap(again.attributions.to(x.dtype)))
+
+        extras: dict[str, Any] = {"layers": layers}
+        try:
+            results = {kind: [run(chosen) for chosen in schedule] for kind, schedule in schedules.items()}
+        finally:
+            bar.close()
+        for kind in schedules:
             for key in ("spearman", "spearman_abs", "ssim"):
-                extras[f"{kind}_{key}"] = torch.stack([r[key] for r in results], dim=1)
+                extras[f"{kind}_{key}"] = torch.stack([r[key] for r in results[kind]], dim=1)
         key = "cascading_spearman_abs" if self.params.absolute else "cascading_spearman"
         return extras[key][:, -1], extras
 

@@ -7,11 +7,13 @@ module of an ``nn.Sequential``, ``"features.conv1"`` in a nested network).
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from salfw.core.context import Context
 from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.models import Model, WhiteBox
 
@@ -24,8 +26,8 @@ def require_white_box(model: Model, who: str) -> WhiteBox:
     return model
 
 
-def find_layer(module: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name``; a ParameterError listing the names otherwise."""
+def find_layer(module: nn.Module, name: str | None) -> nn.Module:
+    """The submodule called ``name``; a ParameterError listing the names otherwise (also for None)."""
     layers = dict(module.named_modules())
     if not name or name not in layers:
         names = [n for n in layers if n]
@@ -34,7 +36,7 @@ def find_layer(module: nn.Module, name: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def tapped(layer: nn.Module, detach_leaf: bool = False) -> Iterator[dict]:
+def tapped(layer: nn.Module, detach_leaf: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record ``layer``'s output in ``tap["out"]`` while the context is open.
 
     With ``detach_leaf`` the output is replaced by a detached copy that
@@ -42,9 +44,9 @@ def tapped(layer: nn.Module, detach_leaf: bool = False) -> Iterator[dict]:
     to the layer's activations is available even when neither the input nor
     the parameters require grad (TCAV's directional derivatives).
     """
-    tap: dict = {}
+    tap: dict[str, torch.Tensor] = {}
 
-    def hook(_module, _inputs, output):
+    def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if detach_leaf:
             output = output.detach().requires_grad_(True)
         tap["out"] = output
@@ -57,12 +59,13 @@ def tapped(layer: nn.Module, detach_leaf: bool = False) -> Iterator[dict]:
         handle.remove()
 
 
-def activations(model: WhiteBox, layer_name: str, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """The output of layer ``layer_name`` for the pixel-space batch ``x`` (no grad, in chunks)."""
+def activations(model: WhiteBox, layer_name: str | None, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The output of layer ``layer_name`` for the pixel-space batch ``x`` (no grad, in chunks of
+    ``ctx``'s batch size)."""
     layer = find_layer(model.module, layer_name)
     outs = []
     with torch.no_grad(), tapped(layer) as tap:
-        for start in range(0, len(x), batch_size):
-            model.forward(x[start:start + batch_size])
+        for chunk in ctx.batches(len(x), description=f"activations of {layer_name}"):
+            model.forward(x[chunk])
             outs.append(tap["out"])
     return torch.cat(outs)

@@ -1,5 +1,7 @@
 """Plots of the model toolkit (the GeoSal thesis's ``Mnist_net`` plots),
-written to image files with matplotlib's non-interactive Agg backend:
+written to image files. Each is drawn on its own ``matplotlib.figure.Figure``
+(no pyplot), so importing or calling this module never switches matplotlib's
+backend nor touches a notebook's figures:
 
 * :func:`plot_conv_weights`: a convolution layer's kernels, one tile per
   output channel (for one input channel), on a symmetric diverging scale so
@@ -18,17 +20,16 @@ from __future__ import annotations
 import math
 import os
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from salfw.core.errors import InputError, ParameterError
+from salfw.core.models import WhiteBox
 
-from salfw.core.errors import InputError, ParameterError  # noqa: E402
-from salfw.core.models import WhiteBox  # noqa: E402
+from .layers import find_layer
 
-from .layers import find_layer  # noqa: E402
+PathLike = str | os.PathLike[str]
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -36,14 +37,13 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _save(fig, path) -> str:
-    path = os.fspath(path)
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return path
+def _save(fig: Figure, path: PathLike) -> str:
+    out = os.fspath(path)
+    fig.savefig(out, dpi=80, bbox_inches="tight")
+    return out
 
 
-def _tiles(maps: torch.Tensor, titles: list[str], path, suptitle: str, symmetric: bool) -> str:
+def _tiles(maps: torch.Tensor, titles: list[str], path: PathLike, suptitle: str, symmetric: bool) -> str:
     """One mosaic image of the 2-D ``maps`` (one axes, so that many tiles draw fast), each tile titled."""
     rows, cols = _grid(len(maps))
     h, w = maps.shape[1:]
@@ -52,7 +52,8 @@ def _tiles(maps: torch.Tensor, titles: list[str], path, suptitle: str, symmetric
     for i, image in enumerate(maps):
         r, c = divmod(i, cols)
         mosaic[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
-    fig, ax = plt.subplots(figsize=(1.3 * cols, 1.3 * rows + 0.4))
+    fig = Figure(figsize=(1.3 * cols, 1.3 * rows + 0.4))
+    ax = fig.subplots()
     limit = maps.abs().max().item() or 1.0
     if symmetric:
         ax.imshow(mosaic.numpy(), cmap="bwr", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -66,7 +67,7 @@ def _tiles(maps: torch.Tensor, titles: list[str], path, suptitle: str, symmetric
     return _save(fig, path)
 
 
-def plot_conv_weights(module: nn.Module, layer: str, path, in_channel: int = 0) -> str:
+def plot_conv_weights(module: nn.Module, layer: str, path: PathLike, in_channel: int = 0) -> str:
     """Tiles of the kernels ``weight[:, in_channel]`` of the Conv2d layer ``layer``."""
     conv = find_layer(module, layer)
     if not isinstance(conv, nn.Conv2d):
@@ -84,7 +85,7 @@ def _outputs(model: WhiteBox, x: torch.Tensor, names: list[str]) -> dict[str, to
     layers = [find_layer(model.module, n) for n in names]
     outs: dict[str, torch.Tensor] = {}
     handles = [layer.register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach().cpu().float()))
-               for n, layer in zip(names, layers)]
+               for n, layer in zip(names, layers, strict=True)]
     try:
         with torch.no_grad():
             model.forward(x)
@@ -94,7 +95,7 @@ def _outputs(model: WhiteBox, x: torch.Tensor, names: list[str]) -> dict[str, to
     return outs
 
 
-def plot_layer_outputs(model: WhiteBox, x: torch.Tensor, layer: str, path) -> str:
+def plot_layer_outputs(model: WhiteBox, x: torch.Tensor, layer: str, path: PathLike) -> str:
     """Layer ``layer``'s output for the single pixel-space input ``x`` (shape (1, ...))."""
     if x.shape[0] != 1:
         raise InputError(f"plot_layer_outputs takes one input (a batch of 1), got a batch of {x.shape[0]}")
@@ -102,7 +103,8 @@ def plot_layer_outputs(model: WhiteBox, x: torch.Tensor, layer: str, path) -> st
     if out.dim() == 3:
         return _tiles(out, [f"channel {i}" for i in range(len(out))], path,
                       f"layer {layer}: output ({tuple(out.shape)})", symmetric=bool((out < 0).any()))
-    fig, ax = plt.subplots(figsize=(6, 2.5))
+    fig = Figure(figsize=(6, 2.5))
+    ax = fig.subplots()
     ax.bar(range(out.numel()), out.flatten().numpy())
     ax.set_xlabel("unit")
     ax.set_title(f"layer {layer}: output ({tuple(out.shape)})", fontsize=9)
@@ -121,11 +123,12 @@ def average_outputs(model: WhiteBox, x: torch.Tensor) -> dict[str, torch.Tensor]
     return {n: (o.mean(dim=(0, *range(2, o.dim()))) if o.dim() > 2 else o.mean(0).flatten()) for n, o in outs.items()}
 
 
-def plot_layer_averages(model: WhiteBox, x: torch.Tensor, path) -> str:
+def plot_layer_averages(model: WhiteBox, x: torch.Tensor, path: PathLike) -> str:
     """One bar chart per layer of :func:`average_outputs` over the batch ``x``."""
     averages = average_outputs(model, x)
-    fig, axes = plt.subplots(len(averages), 1, figsize=(6, 1.3 * len(averages)), squeeze=False)
-    for ax, (name, values) in zip(axes[:, 0], averages.items()):
+    fig = Figure(figsize=(6, 1.3 * len(averages)))
+    axes = fig.subplots(len(averages), 1, squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], averages.items(), strict=True):
         ax.vlines(range(len(values)), 0, values.numpy(), linewidth=2)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_ylabel(f"{name}\n{type(find_layer(model.module, name)).__name__}", fontsize=7, rotation=0,
@@ -135,10 +138,10 @@ def plot_layer_averages(model: WhiteBox, x: torch.Tensor, path) -> str:
     return _save(fig, path)
 
 
-def plot_errors(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, path) -> str:
+def plot_errors(images: torch.Tensor, labels: torch.Tensor, predicted: torch.Tensor, path: PathLike) -> str:
     """Tiles of misclassified images (N, C, H, W) titled "true -> predicted"."""
     if len(images) == 0:
         raise InputError("no errors to plot: the model classifies every input correctly")
     maps = images.detach().cpu().float().mean(1)
-    titles = [f"{int(t)} -> {int(p)}" for t, p in zip(labels, predicted)]
+    titles = [f"{int(t)} -> {int(p)}" for t, p in zip(labels, predicted, strict=True)]
     return _tiles(maps, titles, path, "misclassified examples (true -> predicted)", symmetric=False)

@@ -28,8 +28,10 @@ def leaf_terms(tree) -> list[tuple[Term, int]]:
             out.append((term, int(tree.classes_[int(np.argmax(t.value[node][0]))])))
             continue
         f, threshold = int(t.feature[node]), float(t.threshold[node])
-        stack.append((left, conjoin(term, {f: (-math.inf, threshold)})))
-        stack.append((right, conjoin(term, {f: (threshold, math.inf)})))
+        for child, interval in ((left, (-math.inf, threshold)), (right, (threshold, math.inf))):
+            narrowed = conjoin(term, {f: interval})
+            if narrowed is not None:  # always: a node's split lies inside its path's interval
+                stack.append((child, narrowed))
     return out
 
 
