@@ -6,7 +6,8 @@ with fixed seeds and deterministic CPU algorithms, so running this script
 again on the same PyTorch version reproduces the shipped weights. It writes
 ``salfw/zoo/weights/<name>.safetensors`` for each model and
 ``salfw/zoo/weights/models.json`` describing them all, plus the shipped
-sample digits ``salfw/zoo/weights/samples.npz``, and prints the accuracies. The models (DESIGN.md, "Model zoo and data"):
+sample digits ``salfw/zoo/weights/samples.npz``, and prints the accuracies. The models
+(docs/architecture.md and the README's model list):
 
 * ``mnist-mlp``: a ReLU MLP without pooling (Deep Taylor, GeoSal).
 * ``mnist-cnn``: a ReLU CNN with max pooling and a global-average-pool +
@@ -35,9 +36,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from salfw.sdk.understanding.specs import CNN_LAYERS, MLP_LAYERS  # noqa: E402  (shared with `salfw train`)
 from salfw.zoo import toolkit  # noqa: E402
 from salfw.zoo.mnist import HELDOUT_SLICE, TRAIN_SLICE, default_mnist_dir, load_mnist  # noqa: E402
-from salfw.sdk.understanding.specs import CNN_LAYERS, MLP_LAYERS  # noqa: E402  (shared with `salfw train`)
 from salfw.zoo.samples import SAMPLES_PATH, pick_samples  # noqa: E402
 
 WEIGHTS = REPO / "salfw" / "zoo" / "weights"
@@ -75,7 +76,8 @@ def write_samples(images: torch.Tensor, labels: torch.Tensor) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(MODELS), help="train only these models")
-    parser.add_argument("--mnist-dir", type=Path, default=None, help="MNIST IDX directory (default: $SALFW_MNIST_DIR, else ../shared/data/mnist)")
+    parser.add_argument("--mnist-dir", type=Path, default=None,
+                        help="MNIST IDX directory (default: $SALFW_MNIST_DIR, else ../shared/data/mnist)")
     args = parser.parse_args()
 
     torch.use_deterministic_algorithms(True)

@@ -2,7 +2,9 @@
 
 * ``salfw.core`` imports nothing else of salfw;
 * ``salfw.sdk`` (the plugin authors' toolkit) imports only ``salfw.core`` and itself;
-* a built-in plugin imports only ``salfw.core``, ``salfw.sdk`` and its own package
+* ``salfw.zoo`` (the built-in models, sample digits and the MNIST reader: data) imports only
+  ``salfw.core`` and itself;
+* a built-in plugin imports only ``salfw.core``, ``salfw.sdk``, ``salfw.zoo`` and its own package
   (``salfw/plugins/lrp/`` may import ``salfw.plugins.lrp.*``), never another plugin,
   ``salfw.evaluation`` or ``salfw.cli``;
 * metrics import only ``salfw.core``, ``salfw.sdk`` and ``salfw.evaluation``.
@@ -47,9 +49,11 @@ def _allowed(path: Path) -> tuple[str, ...]:
         return ("salfw.core",)
     if name.startswith("salfw.sdk"):
         return ("salfw.core", "salfw.sdk")
+    if name.startswith("salfw.zoo"):
+        return ("salfw.core", "salfw.zoo")
     if name.startswith("salfw.plugins."):
         family = ".".join(name.split(".")[:3])
-        return ("salfw.core", "salfw.sdk", family)
+        return ("salfw.core", "salfw.sdk", "salfw.zoo", family)
     if name.startswith("salfw.evaluation.metrics"):
         return ("salfw.core", "salfw.sdk", "salfw.evaluation")
     return ()
@@ -69,6 +73,6 @@ def test_the_checker_resolves_relative_imports_and_sees_violations():
     lrp = ROOT / "plugins" / "lrp" / "methods.py"
     assert _imports(lrp, "from .rules import X\nfrom ..lime import Y\nimport salfw.cli.main\n") == [
         "salfw.plugins.lrp.rules", "salfw.plugins.lime", "salfw.cli.main"]
-    assert _allowed(lrp) == ("salfw.core", "salfw.sdk", "salfw.plugins.lrp")
+    assert _allowed(lrp) == ("salfw.core", "salfw.sdk", "salfw.zoo", "salfw.plugins.lrp")
     assert _allowed(ROOT / "core" / "api.py") == ("salfw.core",)
     assert len(FILES) > 40

@@ -69,14 +69,16 @@ def test_idx_reader_bad_magic_names_file_and_expectation(tmp_path, tiny_images):
     # swap: a labels header where images are expected
     path = tmp_path / "t10k-images-idx3-ubyte"
     path.write_bytes(idx_bytes(mnist.LABELS_MAGIC, (3,), b"\x01\x02\x03"))
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte: bad IDX magic number 0x00000801, expected 0x00000803"):
+    message = r"t10k-images-idx3-ubyte: bad IDX magic number 0x00000801, expected 0x00000803"
+    with pytest.raises(ValueError, match=message):
         mnist.load_mnist(tmp_path)
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
-        (idx_bytes(mnist.IMAGES_MAGIC, (2, 28, 27), bytes(2 * 28 * 27)), r"dimensions \(2, 28, 27\), expected \(N, 28, 28\)"),
+        (idx_bytes(mnist.IMAGES_MAGIC, (2, 28, 27), bytes(2 * 28 * 27)),
+         r"dimensions \(2, 28, 27\), expected \(N, 28, 28\)"),
         (idx_bytes(mnist.IMAGES_MAGIC, (2, 28, 28), bytes(100)), "expected 1584"),
         (b"\x00\x00\x08", "too short"),
         (b"\x1f\x8bnot gzip", "corrupt gzip"),

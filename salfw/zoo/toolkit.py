@@ -230,7 +230,8 @@ def errors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, offs
     return torch.nonzero(predict(model, images, offset=offset) != labels).flatten()
 
 
-def save(model: nn.Module, spec: dict[str, Any], path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+def save(model: nn.Module, spec: dict[str, Any], path: str | os.PathLike,
+         metadata: dict[str, Any] | None = None) -> None:
     """Write ``model``'s state dict to a safetensors file, with ``spec`` and ``metadata`` as JSON.
 
     ``spec`` holds the keyword arguments of :func:`build` (``layers``,
