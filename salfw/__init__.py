@@ -15,6 +15,7 @@ lookup, matplotlib is imported only to draw, and no random state is seeded.
 """
 
 from .core.api import (
+    composites,
     evaluate,
     explain,
     load_model,
@@ -24,6 +25,8 @@ from .core.api import (
     model_explainers,
     perturbations,
     register,
+    reload_plugins,
+    rules,
     unregister,
 )
 from .core.context import Context
@@ -48,5 +51,5 @@ __all__ = [
     "BlackBox", "Context", "Explanation", "InputError", "ModelError", "ModelRequirementError", "ParameterError",
     "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "draw_grid", "evaluate",
     "explain", "hookimpl", "load_model", "make_method", "methods", "metrics", "model_explainers",
-    "perturbations", "plot", "register", "unregister",
+    "perturbations", "plot", "register", "reload_plugins", "rules", "composites", "unregister",
 ]

@@ -6,7 +6,7 @@ Run it on your own plugin with::
     check_method("my-method")            # raises AssertionError naming the failed check
 
 or parametrise pytest over :func:`conformance_cases` as salfw's own
-``tests/test_conformance.py`` does. The checks (DESIGN.md, "Testing"):
+``tests/test_conformance.py`` does. The checks (docs/architecture.md, "Testing"):
 
 ``output``                   shape (like the input, or (N, 1, H, W)), floating dtype, finite values
 ``deterministic``            the same seed gives the same result

@@ -51,8 +51,8 @@ def test_components_name_registered_things(owner, cls):
         if kind:
             assert isinstance(field.default, Component)
             registered = salfw.perturbations() if kind == "perturbation" else salfw.methods()
-            assert field.default.name in registered or owner.startswith("method lime") or \
-                owner.startswith("method kernel-shap") or owner.startswith("method occlusion"), \
+            special = field.metadata.get("special", ())
+            assert field.default.name in registered or field.default.name in special, \
                 f"{owner}: default {field.default.name!r} is not a registered {kind}"
 
 

@@ -22,7 +22,7 @@ from .explanation import Explanation
 from .guard import preserved
 from .models import Model, WhiteBox
 from .params import Component, params_to_json, parse_params
-from .registry import get_registry
+from .registry import get_registry, reset_registry
 
 _Class = TypeVar("_Class", bound=type)
 
@@ -53,6 +53,13 @@ def rules() -> dict[str, type[PropagationRule]]:
 def composites() -> dict[str, type[Composite]]:
     """Registered composites (layer -> rule assignments): name -> class."""
     return {k: e.obj for k, e in sorted(get_registry().table("composite").items())}
+
+
+def reload_plugins() -> None:
+    """Forget every loaded plugin: the next lookup reads the entry points (and the
+    ``SALFW_PLUGINS``/``SALFW_DISABLE_PLUGINS`` variables) again, e.g. after installing a
+    plugin package into a running notebook. Classes added with :func:`register` are forgotten too."""
+    reset_registry()
 
 
 def component_params(kind: str, name: str) -> type:

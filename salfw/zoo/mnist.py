@@ -17,7 +17,7 @@ download) and decompressed; the reader tells them apart by the gzip header
 The project trains its built-in models on the first 8,000 images of the
 10,000-image test split (``t10k``) and measures them on the last 2,000
 (:data:`TRAIN_SLICE`, :data:`HELDOUT_SLICE`), so that every accuracy the
-project reports names the same held-out set (see DESIGN.md, "Model zoo").
+project reports names the same held-out set (see the README's model list and docs/architecture.md).
 """
 
 from __future__ import annotations

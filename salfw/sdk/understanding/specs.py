@@ -1,7 +1,7 @@
 """Named layer specifications for the model toolkit (``salfw train --spec NAME``).
 
 The presets are the architectures and training settings of the built-in zoo
-(scripts/train_zoo.py, DESIGN.md "Model zoo"): a ReLU MLP 784-128-64-10, and
+(scripts/train_zoo.py; README.md, "Models"): a ReLU MLP 784-128-64-10, and
 a ReLU CNN conv32-pool-conv64-pool-conv64 with a global-average-pool + linear
 head, with bias, without bias, and without bias on inputs offset by -0.5 (the
 GeoSal thesis's offset layer). A JSON file can give any other network::
