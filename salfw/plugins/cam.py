@@ -49,6 +49,7 @@ from torch import nn
 from salfw.core.context import Context
 from salfw.core.contracts import Method
 from salfw.core.errors import ModelRequirementError
+from salfw.core.guard import calling_thread_only
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, layer, param
@@ -151,7 +152,7 @@ def cam_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, relu: bool
     """Layer-resolution CAM maps ``Σ_k W_ck A^k`` (N, 1, h, w) and the name of the pool whose input ``A`` is."""
     pool_name, pool, _, linear = find_gap_head(model, x)
     store: list[torch.Tensor] = []
-    handle = pool.register_forward_pre_hook(lambda module, args: store.append(args[0]))
+    handle = pool.register_forward_pre_hook(calling_thread_only(lambda module, args: store.append(args[0])))
     try:
         with torch.no_grad():
             for sl in ctx.batches(x.shape[0], size):

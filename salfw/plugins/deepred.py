@@ -45,7 +45,7 @@ from torch import nn
 from salfw.core.context import Context
 from salfw.core.contracts import ModelExplainer
 from salfw.core.errors import ModelRequirementError, ParameterError
-from salfw.core.guard import preserved
+from salfw.core.guard import calling_thread_only, preserved
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, param
@@ -63,7 +63,8 @@ def mlp_activations(model: WhiteBox, x: torch.Tensor, ctx: Context) -> tuple[lis
     sequential = typing.cast(nn.Sequential, model.module)  # DeepRED.check_model: an nn.Sequential MLP
     relus = [m for m in sequential if isinstance(m, nn.ReLU)]
     layers: list[list[torch.Tensor]] = [[] for _ in relus]
-    handles = [r.register_forward_hook(lambda _m, _i, o, k=k: layers[k].append(o.detach().flatten(1)))
+    handles = [r.register_forward_hook(
+        calling_thread_only(lambda _m, _i, o, k=k: layers[k].append(o.detach().flatten(1))))
                for k, r in enumerate(relus)]
     decisions = []
     try:

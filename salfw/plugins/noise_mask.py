@@ -41,6 +41,7 @@ import torch
 from salfw.core.context import Context, count_backward_through
 from salfw.core.contracts import Method
 from salfw.core.errors import ParameterError
+from salfw.core.guard import calling_thread_only
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, iterations, layer, learning_rate, param, tolerance
@@ -83,7 +84,8 @@ class Features:
         if self.target is None:
             return self.model.forward(x)
         captured: list[torch.Tensor] = []
-        handle = self.target.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        handle = self.target.register_forward_hook(
+            calling_thread_only(lambda module, inputs, output: captured.append(output)))
         try:
             self.model.forward(x)
         finally:

@@ -9,7 +9,10 @@
   backpropagation: ReLU backward ``relu(g) * [x > 0]``) and
   :func:`deconvnet_relus` (Zeiler & Fergus 2014: ReLU backward ``relu(g)``),
   context managers that change every ``nn.ReLU`` of a :class:`WhiteBox` while
-  active and restore it on exit. :data:`RECTIFIER_RULES` names them.
+  active and restore it on exit. :data:`RECTIFIER_RULES` names them. The
+  change applies to the forward passes of the calling thread only
+  (:func:`~salfw.core.guard.calling_thread_only`): another thread explaining
+  with the same model at the same time sees the plain ReLU.
 * Layer capture lives in :mod:`salfw.sdk.layers`.
 """
 
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 
 from salfw.core.errors import ModelRequirementError
+from salfw.core.guard import calling_thread_only
 from salfw.core.models import WhiteBox
 from salfw.sdk.layers import model_label
 
@@ -89,7 +93,7 @@ def guided_relus(model: WhiteBox):
     handles = []
     try:
         for relu in relu_modules(model):
-            handles.append(relu.register_forward_hook(hook))
+            handles.append(relu.register_forward_hook(calling_thread_only(hook)))
         yield switch
     finally:
         for handle in handles:
@@ -117,8 +121,8 @@ def deconvnet_relus(model: WhiteBox):
     handles = []
     try:
         for relu in relu_modules(model):
-            handles.append(relu.register_forward_pre_hook(pre_hook))
-            handles.append(relu.register_forward_hook(hook))
+            handles.append(relu.register_forward_pre_hook(calling_thread_only(pre_hook)))
+            handles.append(relu.register_forward_hook(calling_thread_only(hook)))
         yield
     finally:
         for handle in handles:

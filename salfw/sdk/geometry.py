@@ -21,6 +21,7 @@ from torch import nn
 
 from salfw.core.context import count
 from salfw.core.errors import ModelRequirementError, ParameterError, TargetError
+from salfw.core.guard import calling_thread_only
 from salfw.core.models import WhiteBox
 from salfw.core.preprocessing import Preprocessing
 
@@ -112,7 +113,8 @@ def plane_rows(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
     def end_hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         captured["y"] = output
 
-    handles = [layer.register_forward_hook(hook) for layer, hook in ((start_layer, start_hook), (end_layer, end_hook))
+    handles = [layer.register_forward_hook(calling_thread_only(hook))
+               for layer, hook in ((start_layer, start_hook), (end_layer, end_hook))
                if layer is not None]
     try:
         for begin in range(0, n, chunk):
@@ -213,7 +215,7 @@ def local_plane(model: WhiteBox | nn.Module, x: torch.Tensor, outputs=None,
 
             def size_hook(_module, _inputs, output):
                 shapes["k"] = output[0].numel()
-            handle = end.register_forward_hook(size_hook)
+            handle = end.register_forward_hook(calling_thread_only(size_hook))
             try:
                 forward(x[:1])
             finally:

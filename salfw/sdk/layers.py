@@ -5,8 +5,12 @@ to the user's module, e.g. ``"features.7"`` or ``"layer4.1.relu"``; the
 preprocessing stage in front of it is never a candidate). Every hook these
 helpers add is removed in a ``finally`` block, so the user's model is left as
 it was even when a forward or backward pass raises (``salfw.core.guard``
-removes leftovers as well). Each helper works on the batch it is given, in one
-pass; a method chunks its batch with :meth:`salfw.core.context.Context.batches`.
+removes leftovers as well), and every hook is wrapped in
+:func:`~salfw.core.guard.calling_thread_only`, so it acts only on the forward
+passes of the thread that added it (another thread explaining with the same
+model at the same time passes through untouched). Each helper works on the
+batch it is given, in one pass; a method chunks its batch with
+:meth:`salfw.core.context.Context.batches`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salfw.core.errors import ModelRequirementError, ParameterError
+from salfw.core.guard import calling_thread_only
 from salfw.core.models import WhiteBox
 
 
@@ -63,7 +68,7 @@ def trace(model: WhiteBox, x: torch.Tensor) -> tuple[list[Call], torch.Tensor]:
     try:
         for name, module in model.module.named_modules():
             if name:
-                handles.append(module.register_forward_hook(hook_for(name)))
+                handles.append(module.register_forward_hook(calling_thread_only(hook_for(name))))
         with torch.no_grad():
             logits = model.forward(x)
     finally:
@@ -122,7 +127,7 @@ def captured_output(layer: nn.Module, name: str, cut: bool = False) -> Iterator[
         store.append(recorded)
         return recorded.clone()
 
-    handle = layer.register_forward_hook(hook)
+    handle = layer.register_forward_hook(calling_thread_only(hook))
     try:
         yield store
     finally:

@@ -15,6 +15,7 @@ from torch import nn
 
 from salfw.core.context import Context
 from salfw.core.errors import ModelRequirementError, ParameterError
+from salfw.core.guard import calling_thread_only
 from salfw.core.models import Model, WhiteBox
 
 
@@ -52,7 +53,7 @@ def tapped(layer: nn.Module, detach_leaf: bool = False) -> Iterator[dict[str, to
         tap["out"] = output
         return output
 
-    handle = layer.register_forward_hook(hook)
+    handle = layer.register_forward_hook(calling_thread_only(hook))
     try:
         yield tap
     finally:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from salfw.core.errors import InputError, ParameterError
+from salfw.core.guard import calling_thread_only
 from salfw.core.models import WhiteBox
 
 from .layers import find_layer
@@ -84,7 +85,8 @@ def _outputs(model: WhiteBox, x: torch.Tensor, names: list[str]) -> dict[str, to
     """Outputs of the named layers for the pixel-space batch ``x`` (one forward pass)."""
     layers = [find_layer(model.module, n) for n in names]
     outs: dict[str, torch.Tensor] = {}
-    handles = [layer.register_forward_hook(lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach().cpu().float()))
+    handles = [layer.register_forward_hook(
+        calling_thread_only(lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach().cpu().float())))
                for n, layer in zip(names, layers, strict=True)]
     try:
         with torch.no_grad():
