@@ -30,7 +30,9 @@ class UnknownNameError(SalfwError, LookupError):
 
 
 class ModelError(SalfwError):
-    """A model cannot be loaded or called: a missing or malformed file, a bad spec."""
+    """A model cannot be loaded or called: a missing or malformed file, a bad spec, outputs that
+    are not (N, K) class scores, NaN or infinite scores, or NaN or infinite attributions a
+    method computed on it."""
 
 
 class ModelRequirementError(ModelError):

@@ -8,15 +8,25 @@
   (differentiable, pixel space in, logits out) and :attr:`WhiteBox.module`.
 
 Both carry ``input_range``: the domain of the raw input the user sees, which
-perturbations ("black" is ``lo``) and range checks use. Both count the samples
-they evaluate, and :meth:`WhiteBox.forward` every backward pass through its
+perturbations ("black" is ``lo``) and range checks use; its ends must be finite. Both count
+the samples they evaluate, and :meth:`WhiteBox.forward` every backward pass through its
 logits, into the active :class:`~salfw.core.context.Context`, so every
 explanation can say what it cost.
+
+Class scores are checked wherever they come back to a method (:meth:`Model.scores`,
+:meth:`WhiteBox.forward`): they must be (N, K) (a 1-D (N,) output is one class), and
+NaN or infinite scores are a :class:`ModelError` naming the rows of the batch. A model
+returning several outputs (a tuple, a dict, an object with ``.logits`` such as a Hugging
+Face ``ModelOutput``) is used through the adapters' ``select=`` (an index into a tuple or
+list, or a dict key / attribute name such as ``"logits"``), and refused, saying so, without
+it; salfw never guesses which output holds the class scores. (``BlackBox``'s ``output``
+argument is something else: whether the scores are logits or probabilities.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,15 +37,121 @@ from .context import count, count_backward_through
 from .errors import ModelError, ParameterError
 from .preprocessing import Preprocessing
 
+#: ``select=``: which of a model's several outputs holds the class scores (None: the model
+#: returns one tensor).
+Selector = int | str | None
+
 
 def _check_range(input_range) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in input_range)
     except (TypeError, ValueError):
         raise ParameterError(f"input_range must be a pair (low, high), got {input_range!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ParameterError(f"input_range must be two finite numbers (low, high), got {input_range!r}: "
+                             f"perturbations fill with its ends and inputs are checked against it")
     if not lo < hi:
         raise ParameterError(f"input_range must have low < high, got {input_range!r}")
     return lo, hi
+
+
+def _check_select(select: Any) -> Selector:
+    if select is None or (isinstance(select, (int, str)) and not isinstance(select, bool)):
+        return select
+    raise ParameterError(f"select must be an int (an index into a tuple output) or a str (a dict key or an "
+                         f"attribute such as 'logits'), got {select!r}")
+
+
+def _several(out: Any) -> bool:
+    """Whether a model's output is several outputs (a tuple, a dict, an object with ``.logits``,
+    a list of batched arrays) rather than one array of class scores."""
+    if isinstance(out, (torch.Tensor, np.ndarray)):
+        return False
+    if isinstance(out, (tuple, Mapping)):
+        return True
+    if isinstance(out, list):
+        return any(isinstance(o, (torch.Tensor, np.ndarray)) and o.ndim >= 2 for o in out)
+    return hasattr(out, "logits")
+
+
+def _described(out: Any) -> str:
+    if isinstance(out, Mapping):
+        return f"a {type(out).__name__} with keys {', '.join(repr(k) for k in list(out)[:8])}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)}"
+    if isinstance(out, (torch.Tensor, np.ndarray)):
+        return f"a single {type(out).__name__} of shape {tuple(out.shape)}"
+    return f"a {type(out).__name__}" + (" with .logits" if hasattr(out, "logits") else "")
+
+
+def select_output(out: Any, select: Selector, adapter: str) -> Any:
+    """The class scores among a model's outputs: ``out[select]`` for a tuple or list and an int,
+    ``out[select]`` for a dict or ``getattr(out, select)`` for a str. Without ``select``, several
+    outputs are a :class:`ModelError` saying how to choose (``adapter`` names the class)."""
+    if select is None:
+        if _several(out):
+            if isinstance(out, Mapping):
+                example = "'logits'" if "logits" in out else repr(next(iter(out), "KEY"))
+            else:
+                example = "0" if isinstance(out, (tuple, list)) else "'logits'"
+            raise ModelError(f"the model returned {_described(out)}, not a tensor of class scores; choose "
+                             f"them with select=, e.g. salfw.{adapter}(model, ..., select={example})")
+        return out
+    if isinstance(out, (torch.Tensor, np.ndarray)):
+        raise ModelError(f"select={select!r} picks one of several outputs, but the model returned "
+                         f"{_described(out)}; leave select out")
+    if isinstance(select, int):
+        if not isinstance(out, (tuple, list)):
+            raise ModelError(f"select={select} indexes a tuple, but the model returned {_described(out)}; "
+                             f"select a key or attribute by name")
+        if not -len(out) <= select < len(out):
+            raise ModelError(f"select={select} is out of range: the model returned {_described(out)}")
+        return out[select]
+    if isinstance(out, Mapping):
+        if select not in out:
+            raise ModelError(f"select={select!r} is not among the model's outputs: it returned {_described(out)}")
+        return out[select]
+    if isinstance(out, (tuple, list)) or not hasattr(out, select):
+        raise ModelError(f"select={select!r}: the model returned {_described(out)}, which has no '{select}'")
+    return getattr(out, select)
+
+
+def check_shape(out: torch.Tensor, n: int) -> torch.Tensor:
+    """Class scores (N, K) from a model's output for ``n`` inputs: (N,) becomes (N, 1); any other
+    shape is a :class:`ModelError` (salfw does not guess which dimensions to drop)."""
+    if out.dim() == 1:
+        out = out[:, None]
+    if out.dim() != 2 or out.shape[0] != n:
+        hint = ""
+        if out.dim() > 2 and out.shape[0] == n:
+            hint = ("; squeeze the extra dimensions in the model (e.g. end it with nn.Flatten()), or choose "
+                    "one of several outputs with select=")
+        raise ModelError(f"the model must return class scores of shape (N, classes) = ({n}, K); "
+                         f"got {tuple(out.shape)}{hint}")
+    return out
+
+
+def check_finite(scores: torch.Tensor) -> None:
+    """NaN or infinite class scores are a :class:`ModelError` naming the rows (the samples of the
+    batch the model was given); one reduction and one synchronisation per call."""
+    if not scores.is_floating_point() or bool(torch.isfinite(scores).all()):
+        return
+    rows = (~torch.isfinite(scores).all(dim=1)).nonzero()[:, 0].tolist()
+    listed = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+    raise ModelError(f"the model returned NaN or infinite class scores for sample(s) {listed} "
+                     f"({len(rows)} of {scores.shape[0]}) of the batch it was given; salfw needs finite "
+                     f"scores for every input in the input range")
+
+
+class Select(nn.Module):
+    """The ``select=`` step as a module: ``WhiteBox.network()`` ends with it."""
+
+    def __init__(self, select: Selector):
+        super().__init__()
+        self.select = select
+
+    def forward(self, out: Any) -> Any:
+        return select_output(out, self.select, "WhiteBox")
 
 
 class Model:
@@ -44,8 +160,9 @@ class Model:
     box = "black"
 
     def __init__(self, input_range: Sequence[float] = (0.0, 1.0), *, input_shape: Sequence[int] | None = None,
-                 batch_size: int = 256):
+                 batch_size: int = 256, select: Selector = None):
         self.input_range = _check_range(input_range)
+        self.select = _check_select(select)
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
         if int(batch_size) < 1:
             raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -72,6 +189,7 @@ class Model:
         chunks = [self._scores_chunk(x[i:i + size]) for i in range(0, x.shape[0], size)]
         out = torch.cat(chunks) if chunks else torch.empty(0, self.num_classes or 0)
         count(forward=x.shape[0])
+        check_finite(out)
         return out
 
     def probabilities(self, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -83,9 +201,10 @@ class Model:
         return torch.softmax(scores, dim=1)
 
     def describe(self) -> dict:
-        return {"box": self.box, "input_range": list(self.input_range),
+        info = {"box": self.box, "input_range": list(self.input_range),
                 "input_shape": list(self.input_shape) if self.input_shape else None,
                 "num_classes": self.num_classes}
+        return info if self.select is None else {**info, "select": self.select}
 
 
 class BlackBox(Model):
@@ -94,16 +213,19 @@ class BlackBox(Model):
     ``backend``: "torch" passes a tensor, "numpy" a float32 array; "auto" passes
     a tensor on the first call and, if the callable raises, a NumPy array
     (scikit-learn's ``predict_proba``, an ONNX session's wrapper), then keeps
-    whichever worked. ``layout`` "NHWC" transposes
+    whichever worked (if both raise, the error gives both reasons). ``layout`` "NHWC" transposes
     image batches before the call. ``output`` "logits" or "probabilities"; with
     "auto" the first call decides (non-negative rows summing to 1 are
-    probabilities). Scores always come back as a float tensor (N, K).
+    probabilities). ``select`` picks the class scores from a callable returning several
+    outputs (an index or a key / attribute name, as for :class:`WhiteBox`). Scores always
+    come back as a float tensor (N, K).
     """
 
     def __init__(self, fn: Callable[[Any], Any], input_range: Sequence[float] = (0.0, 1.0), *,
                  input_shape: Sequence[int] | None = None, layout: str = "NCHW", backend: str = "auto",
-                 output: str = "auto", batch_size: int = 256, device: str | torch.device | None = None):
-        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size)
+                 output: str = "auto", batch_size: int = 256, device: str | torch.device | None = None,
+                 select: Selector = None):
+        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select)
         if not callable(fn):
             raise ParameterError(f"BlackBox needs a callable from a batch to scores, got {type(fn).__name__}")
         for name, value, accepted in (("layout", layout, ("NCHW", "NHWC")),
@@ -124,27 +246,36 @@ class BlackBox(Model):
     def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
         batch = x.permute(0, 2, 3, 1) if (self.layout == "NHWC" and x.dim() == 4) else x
         if self.backend == "auto":
-            try:
-                out = self.fn(batch)
-                self.backend = "torch"
-            except Exception:  # not a torch callable: NumPy is the other accepted input
-                out = self._call(batch, "numpy")
-                self.backend = "numpy"
+            out, self.backend = self._call_auto(batch)
         else:
             out = self._call(batch, self.backend)
-        out = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out))
-        if out.dim() == 1:
-            out = out[:, None]
-        if out.dim() != 2 or out.shape[0] != x.shape[0]:
-            raise ModelError(f"the black-box callable must return scores of shape (N, classes) = "
-                             f"({x.shape[0]}, K); got {tuple(out.shape)}")
+        out = select_output(out, self.select, "BlackBox")
+        try:
+            out = torch.as_tensor(np.asarray(out.detach().cpu() if isinstance(out, torch.Tensor) else out))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"the black-box callable returned {_described(out)}, not an array of class "
+                             f"scores ({type(exc).__name__}: {exc})") from exc
+        out = check_shape(out, x.shape[0])
         out = out.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
-        if self.output == "auto":
+        if self.output == "auto" and bool(torch.isfinite(out).all()):  # NaN decides nothing (scores() refuses it)
             sums = out.sum(dim=1)
             is_prob = bool((out >= 0).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
             self.output = "probabilities" if is_prob else "logits"
         self.num_classes = out.shape[1]
         return out
+
+    def _call_auto(self, batch: torch.Tensor) -> tuple[Any, str]:
+        """Call with a tensor, and if that raises, with a NumPy array: (output, the backend that worked)."""
+        try:
+            return self.fn(batch), "torch"
+        except Exception as as_tensor:  # not a torch callable: NumPy is the other accepted input
+            try:
+                return self.fn(batch.detach().cpu().numpy().astype(np.float32)), "numpy"
+            except Exception as as_array:
+                raise ModelError(f"the black-box callable failed on a batch of shape {tuple(batch.shape)} both "
+                                 f"as a torch tensor ({_reason(as_tensor)}) and as a NumPy array "
+                                 f"({_reason(as_array)}); pass backend='torch' or backend='numpy' to try "
+                                 f"one") from as_array
 
     def _call(self, batch: torch.Tensor, backend: str):
         arg = batch.detach().cpu().numpy().astype(np.float32) if backend == "numpy" else batch
@@ -152,7 +283,7 @@ class BlackBox(Model):
             return self.fn(arg)
         except Exception as exc:  # the user's callable failed: say where
             raise ModelError(f"the black-box callable failed on a batch of shape {tuple(batch.shape)}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+                             f"{_reason(exc)}") from exc
 
     def to_probabilities(self, scores: torch.Tensor) -> torch.Tensor:
         return scores if self.output == "probabilities" else torch.softmax(scores, dim=1)
@@ -163,7 +294,11 @@ class WhiteBox(Model):
 
     ``mean``/``std`` (normalisation) and ``offset``/``scale``/``invert`` (the GeoSal
     thesis's front layer) form :attr:`preprocessing`; the user's module sees
-    ``preprocessing(x)`` while methods work on the pixel-space ``x``.
+    ``preprocessing(x)`` while methods work on the pixel-space ``x``. Each takes one
+    value for every channel or one per channel (per feature for vectors); the count is
+    checked against ``input_shape`` here, or against the inputs at the first call.
+    ``select`` picks the logits from a module returning several outputs: ``select=0``
+    for a tuple, ``select="logits"`` for a dict or an object with ``.logits``.
     """
 
     box = "white"
@@ -172,14 +307,16 @@ class WhiteBox(Model):
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
                  offset: float | Sequence[float] | None = None, scale: float | Sequence[float] | None = None,
                  invert: bool = False, input_shape: Sequence[int] | None = None, batch_size: int = 256,
-                 device: str | torch.device | None = None):
-        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size)
+                 device: str | torch.device | None = None, select: Selector = None):
+        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select)
         if not isinstance(module, nn.Module):
             raise ModelError(f"WhiteBox needs a torch.nn.Module, got {type(module).__name__}; "
                              f"wrap plain callables in salfw.BlackBox")
         self.module = module
         self.preprocessing = Preprocessing(self.input_range, invert=invert, offset=offset, scale=scale,
                                            mean=mean, std=std)
+        if self.input_shape is not None:
+            self.preprocessing.check_channels(self.input_shape)
         first = next(module.parameters(), None)
         self._device = torch.device(device) if device is not None else (
             first.device if first is not None else torch.device("cpu"))
@@ -197,25 +334,36 @@ class WhiteBox(Model):
         """Differentiable logits of the pixel-space batch ``x``; counts the samples, and each
         backward pass through the logits, into the active context."""
         count(forward=x.shape[0])
-        out = self.module(self.preprocessing(x))
-        if out.dim() == 1:
-            out = out[:, None]
-        self.num_classes = out.shape[1]
+        out = self._logits(x)
+        check_finite(out.detach())
         count_backward_through(out)
         return out
 
     def network(self) -> nn.Module:
-        """The preprocessing and the module as one ``nn.Sequential`` (for methods that walk layers)."""
-        return nn.Sequential(self.preprocessing, self.module)
+        """The preprocessing and the module (and the ``select`` step) as one ``nn.Sequential``
+        (for methods that walk layers)."""
+        steps = [self.preprocessing, self.module] + ([Select(self.select)] if self.select is not None else [])
+        return nn.Sequential(*steps)
 
-    def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.module(self.preprocessing(x))
-        out = out[:, None] if out.dim() == 1 else out
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = select_output(self.module(self.preprocessing(x)), self.select, "WhiteBox")
+        if not isinstance(out, torch.Tensor):
+            raise ModelError(f"the module returned {_described(out)}, not a tensor of class scores"
+                             + (f" (after select={self.select!r})" if self.select is not None else ""))
+        out = check_shape(out, x.shape[0])
         self.num_classes = out.shape[1]
         return out
+
+    def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(x)
 
     def describe(self) -> dict:
         info = super().describe()
         info["module"] = type(self.module).__name__
         info["preprocessing"] = self.preprocessing.settings
         return info
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line: ``Type: message``."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())

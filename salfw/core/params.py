@@ -36,14 +36,16 @@ from .errors import ParameterError
 
 
 def param(default: Any, help: str, *, choices: typing.Sequence | None = None,
-          low: float | None = None, high: float | None = None) -> Any:
+          low: float | None = None, high: float | None = None, allow_inf: bool = False) -> Any:
     """Declare one parameter: its default, a one-line help, and optional constraints.
 
     ``low``/``high`` bound numeric values (inclusive); ``choices`` lists the accepted
-    values. Mutable defaults (lists, tensors) are not allowed; use tuples or None.
+    values. A float value must be finite unless ``allow_inf`` (say in the help what an
+    infinite value means); NaN is never accepted. Mutable defaults (lists, tensors) are not
+    allowed; use tuples or None.
     """
     meta = {"help": help, "choices": tuple(choices) if choices is not None else None,
-            "low": low, "high": high}
+            "low": low, "high": high, "allow_inf": allow_inf}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -246,6 +248,8 @@ def _check_constraints(field: dataclasses.Field, value):
     for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if math.isinf(v) and not meta.get("allow_inf"):
+            raise ParameterError(f"parameter '{field.name}' must be a finite number, got {v!r}")
         if meta.get("low") is not None and v < meta["low"]:
             raise ParameterError(f"parameter '{field.name}' must be >= {meta['low']}, got {v!r}")
         if meta.get("high") is not None and v > meta["high"]:

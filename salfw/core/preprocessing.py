@@ -10,6 +10,11 @@ own input domain (Deep Taylor's z^B bounds) ask :meth:`Preprocessing.bounds`.
 Order of operations, as in the thesis and then torchvision's ``Normalize``::
 
     x -> (lo + hi - x if invert) -> (+ offset) -> (* scale) -> ((. - mean) / std)
+
+Each of offset, scale, mean and std is one value (every channel) or one per channel
+(per feature for vectors); those given per channel must agree in number, and that
+number must be the inputs' channel count: checked against a declared input shape by
+:meth:`Preprocessing.check_channels`, and against every batch it is applied to.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .errors import ParameterError
+from .errors import InputError, ParameterError
 
 
 def _as_vector(name: str, value: float | Sequence[float] | None, default: float) -> torch.Tensor:
@@ -43,6 +48,12 @@ class Preprocessing(nn.Module):
         mu, sd = _as_vector("mean", mean, 0.0), _as_vector("std", std, 1.0)
         if (sd == 0).any() or (sc == 0).any():
             raise ParameterError("preprocessing 'std' and 'scale' must be non-zero")
+        given = {"offset": off, "scale": sc, "mean": mu, "std": sd}
+        #: The settings given per channel and their value counts (in the order of the formula).
+        self.per_channel = {name: int(v.numel()) for name, v in given.items() if v.numel() > 1}
+        if len(set(self.per_channel.values())) > 1:
+            raise ParameterError(f"preprocessing settings given per channel must have one value per channel "
+                                 f"each: {self._counts()}")
         # invert: x' = (lo + hi) - x, i.e. a0 = -1, b0 = lo + hi
         a0, b0 = (-1.0, lo + hi) if invert else (1.0, 0.0)
         a = a0 * sc / sd
@@ -50,6 +61,31 @@ class Preprocessing(nn.Module):
         self.settings = {"invert": invert, "offset": offset, "scale": scale, "mean": mean, "std": std}
         self.register_buffer("a", a, persistent=False)
         self.register_buffer("b", b, persistent=False)
+
+    @property
+    def channels(self) -> int | None:
+        """The channel count the settings are given for (None: one value for every channel)."""
+        return next(iter(self.per_channel.values()), None)
+
+    def _counts(self) -> str:
+        return ", ".join(f"{name} has {count} values" for name, count in self.per_channel.items())
+
+    def check_channels(self, input_shape: tuple[int, ...]) -> None:
+        """Refuse per-channel settings whose count is not a declared input shape's channel count
+        (``input_shape[0]``: channels of (C, H, W), features of (D,))."""
+        if self.channels is not None and self.channels != input_shape[0]:
+            what = "feature(s)" if len(input_shape) == 1 else "channel(s)"
+            raise ParameterError(f"preprocessing {self._counts()} (one per channel), but input_shape "
+                                 f"{tuple(input_shape)} has {input_shape[0]} {what}; give one value per "
+                                 f"{what[:-3]} or a single value for all")
+
+    def _check_inputs(self, x: torch.Tensor) -> None:
+        if self.channels is not None and (x.dim() < 2 or x.shape[1] != self.channels):
+            what = "feature(s)" if x.dim() == 2 else "channel(s)"
+            have = x.shape[1] if x.dim() >= 2 else 1
+            raise InputError(f"the adapter's preprocessing {self._counts()} (one per channel), but the inputs "
+                             f"of shape {tuple(x.shape)} have {have} {what}; give WhiteBox one mean/std value "
+                             f"per input {what[:-3]} or a single value for all")
 
     @property
     def is_identity(self) -> bool:
@@ -69,6 +105,7 @@ class Preprocessing(nn.Module):
         return t.reshape(()) if t.numel() == 1 else t.view(1, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(x)
         if self.is_identity:
             return x
         return x * self._shaped(self.buffer("a"), x) + self._shaped(self.buffer("b"), x)
@@ -78,6 +115,7 @@ class Preprocessing(nn.Module):
 
         With a negative factor (invert, negative scale) the bounds swap, per channel.
         """
+        self._check_inputs(like)
         lo, hi = input_range
         a, b = self._shaped(self.buffer("a"), like), self._shaped(self.buffer("b"), like)
         y_lo, y_hi = a * lo + b, a * hi + b

@@ -15,7 +15,8 @@ perturbation's fill (``black``, ``white``, ``inverse`` -- the thesis's best on M
 ``superpixel-mean``: each its own mean colour, lime's default ``hide_color=None``.
 The weights are lime's kernel
 ``pi(z) = sqrt(exp(-d(z, 1)^2 / width^2))`` on the cosine distance to the
-all-kept vector (width 0.25, lime's image default), and the surrogate is
+all-kept vector (width 0.25, lime's image default; ``kernel_width=inf`` weighs every
+sample the same), and the surrogate is
 ``Ridge(alpha=1)`` fit with those sample weights (lime's default regressor; with
 lime's default ``num_features=100000`` every superpixel is kept, so its feature
 selection changes nothing). The attributions are a continuous per-pixel heatmap:
@@ -120,7 +121,8 @@ class Lime(Method):
         max_off_fraction: float = param(1.0, "largest fraction of features switched off in one sample "
                                         "(GeoSal thesis's change fraction; 1 = lime)", low=0.0, high=1.0)
         kernel_width: float | None = param(None, "kernel width; None: 0.25 for images (lime_image), "
-                                           "0.75 sqrt(D) for vectors (lime_tabular)", low=0.0)
+                                           "0.75 sqrt(D) for vectors (lime_tabular); inf: every sample "
+                                           "weighs the same (no locality)", low=0.0, allow_inf=True)
         distance: str = param("cosine", "distance of a sample to the input for images (lime's cosine)",
                               choices=("cosine", "euclidean"))
         alpha: float = param(1.0, "ridge penalty of the surrogate (lime's Ridge(alpha=1))", low=0.0)

@@ -8,7 +8,10 @@ as Captum's ``Occlusion`` computes it (each pixel's sum over the windows that
 cover it divided by their count). The window
 covers all channels. Windows start at 0 and step by ``stride``; as in Captum there are
 ``ceil((size - window) / stride) + 1`` positions per axis, the last one cut at the
-border, so every pixel is covered. ``f_c`` is the target's logit (the model's raw
+border. A stride larger than the window would leave the pixels between windows with no
+attribution (Captum divides by a zero count and returns NaN): that is refused with a
+:class:`~salfw.core.errors.ParameterError` naming window and stride, so every pixel is
+covered. ``f_c`` is the target's logit (the model's raw
 score) by default, as in Captum; ``output="probabilities"`` uses the softmax
 probability, as in the paper's figures. The default fill is ``black`` (the low end
 of the input range; Captum's default baseline 0 is black for [0, 1] images; the
@@ -32,6 +35,7 @@ import torch
 from salfw.core.api import make_perturbation
 from salfw.core.context import Context
 from salfw.core.contracts import Method
+from salfw.core.errors import ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model
 from salfw.core.params import Component, batch_size, component, output, param
@@ -64,6 +68,11 @@ class Occlusion(Method):
         perturbation = make_perturbation(p.perturbation)
         masks = window_masks(tuple(x.shape[1:]), p.window, p.stride, x.device, x.dtype)
         coverage = masks.sum(0)
+        uncovered = int((coverage == 0).sum())
+        if uncovered:
+            raise ParameterError(f"occlusion's stride {p.stride} is larger than its window {p.window}: "
+                                 f"{uncovered} of the {coverage.numel()} input positions would lie between "
+                                 f"windows, with no attribution; use a stride no larger than the window")
         out = torch.zeros_like(x)
         for n in range(x.shape[0]):  # each sample: all its windows are batched
             generator = ctx.fresh_generator()  # the same fills alone or in a batch
