@@ -3,6 +3,8 @@ and turning user mistakes into one-line errors."""
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,20 @@ import click
 import numpy as np
 import torch
 
-from salfw.core.api import load_model
-from salfw.core.errors import InputError, ParameterError
+from salfw.core.api import as_batch, load_model
+from salfw.core.errors import InputError, ParameterError, SalfwError
 from salfw.core.models import Model
 
 DEFAULT_MODEL = "builtin:mnist-cnn"
+#: The largest image ``--input`` reads, in pixels (64 Mpx, e.g. 8192 x 8192): far above any
+#: model's input size, far below what would exhaust memory when decoded. Pillow's own guard
+#: (``Image.MAX_IMAGE_PIXELS``, about 89 Mpx for a warning and twice that for an error) is
+#: turned into the same one-line error.
+MAX_IMAGE_PIXELS = 2 ** 26
+#: ``--seed``: what every generator salfw seeds accepts (a non-negative int64).
+SEED_RANGE = click.IntRange(0, 2 ** 63 - 1)
+#: Pillow's modes for 16-bit greyscale PNGs.
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
 def notice(message: str) -> None:
@@ -44,21 +55,73 @@ def expected_shape(model: Model) -> tuple[int, ...] | None:
     return model.input_shape
 
 
-def _fit_image(array: np.ndarray, model: Model, source: str) -> torch.Tensor:
-    """An (H, W) or (H, W, C) 8-bit-range picture -> (1, C, H, W) in the model's input range."""
+def check_output_directory(path: str) -> None:
+    """Refuse an ``--out`` that cannot become a directory of results, before any work: an existing
+    file, a path under a file, or a place the user may not write (tried by making and removing a
+    temporary directory in the nearest existing parent; nothing is left behind)."""
+    directory = Path(path).expanduser()
+    try:
+        if directory.exists() and not directory.is_dir():
+            raise ParameterError(f"{path} is a file, not a directory")
+        if directory.is_symlink() and not directory.exists():
+            raise ParameterError(f"{path} is a link to nothing")
+        existing = directory.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ParameterError(f"{path} is under {existing}, which is a file, not a directory")
+    except OSError as exc:
+        raise ParameterError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".salfw-check-").cleanup()
+    except OSError as exc:
+        raise ParameterError(f"cannot write to {path}: making a directory in {existing} failed "
+                             f"({exc.strerror or exc})") from None
+
+
+def output_directory(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """click callback for ``--out``: :func:`check_output_directory` while the command line is read."""
+    try:
+        check_output_directory(value)
+    except ParameterError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+    return value
+
+
+def _fit_image(img: Any, model: Model, source: str) -> torch.Tensor:
+    """A decoded picture -> (1, C, H, W) in the model's input range, resized (bilinear) to the
+    model's input size with a notice. 8-bit pictures (mode ``L`` or ``RGB``) are scaled by 1/255;
+    16-bit greyscale ones (mode ``F`` here, already divided by 65535) keep their full precision
+    and are repeated over the channels of an RGB model."""
     from PIL import Image
 
     shape = expected_shape(model)
-    channels = shape[0] if shape else (1 if array.ndim == 2 else array.shape[2])
-    img = Image.fromarray(array)
-    img = img.convert("L" if channels == 1 else "RGB")
+    deep = img.mode == "F"
+    channels = shape[0] if shape else (1 if img.mode in ("L", "F") else 3)
+    if not deep:
+        img = img.convert("L" if channels == 1 else "RGB")
     if shape and img.size != (shape[2], shape[1]):
         notice(f"resized {source} from {img.size[0]}x{img.size[1]} to the model's {shape[2]}x{shape[1]}")
         img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
-    pixels = np.asarray(img, dtype=np.float32) / 255.0
+    pixels = np.asarray(img, dtype=np.float32) / (1.0 if deep else 255.0)
+    if deep and channels != 1:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
     pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
     lo, hi = model.input_range
     return torch.from_numpy(lo + (hi - lo) * pixels)[None]
+
+
+def _decoded(img: Any, path: str) -> Any:
+    """An opened picture, checked for size and decoded: mode ``F`` in [0, 1] for a 16-bit
+    greyscale PNG (full precision), ``L`` or ``RGB`` (8-bit) for anything else."""
+    from PIL import Image
+
+    if img.width * img.height > MAX_IMAGE_PIXELS:
+        raise InputError(f"cannot read {path}: the image is too large ({img.width}x{img.height} = "
+                         f"{img.width * img.height:,} pixels; salfw reads up to {MAX_IMAGE_PIXELS:,})")
+    if img.mode in _DEEP_MODES:
+        return Image.fromarray(np.asarray(img, dtype=np.float32) / 65535.0, mode="F")
+    return img.convert("RGB") if img.mode not in ("L", "RGB") else img.copy()
 
 
 def load_input(path: str, model: Model) -> torch.Tensor:
@@ -87,11 +150,16 @@ def load_input(path: str, model: Model) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(file) as img:
-                array = np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as img:
+                    picture = _decoded(img, path)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise InputError(f"cannot read {path}: the image is too large to decode safely ({exc}); salfw "
+                             f"reads up to {MAX_IMAGE_PIXELS:,} pixels") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"cannot read {path} as an image: {exc}") from None
-        return _fit_image(array, model, file.name)
+        return _fit_image(picture, model, file.name)
     raise InputError(f"--input {path}: accepted formats are .png, .jpg, .jpeg and .npy")
 
 
@@ -105,12 +173,36 @@ def load_sample(k: int) -> tuple[torch.Tensor, int]:
     return images[k:k + 1], int(labels[k])
 
 
+def check_fits(model: Model, x: torch.Tensor, source: str) -> None:
+    """Refuse inputs the network cannot take, before any method runs: one forward pass on the
+    first input when the model declares no input shape (``python:``, ``torchscript:`` and
+    ``onnx:`` models, unless ``?input_shape=`` is given; a declared shape is checked by
+    :func:`salfw.core.api.as_batch`). The network's own error becomes one line."""
+    batch = as_batch(model, x[:1])
+    if model.input_shape is not None:
+        return
+    try:
+        model.scores(batch)
+    except SalfwError:
+        raise
+    except Exception as exc:  # the user's network refusing the user's input, in whatever words
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"the model cannot take {source}, of per-sample shape {tuple(x.shape[1:])} "
+                         f"({reason}); give inputs of the shape the model was built for, or declare it "
+                         f"on the model spec (?input_shape=C,H,W or ?input_shape=D)") from None
+
+
 def inputs_for(model: Model, input_path: str | None, sample: int | None) -> torch.Tensor:
+    """The inputs ``--input`` or ``--sample`` name, checked against the model (:func:`check_fits`)."""
     if input_path is not None and sample is not None:
         raise ParameterError("give either --input or --sample, not both")
     if input_path is not None:
-        return load_input(input_path, model)
-    return load_sample(sample or 0)[0]
+        x = load_input(input_path, model)
+        check_fits(model, x, input_path)
+        return x
+    x = load_sample(sample or 0)[0]
+    check_fits(model, x, f"sample {sample or 0}")
+    return x
 
 
 def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -131,8 +223,9 @@ def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--target", type=int, default=None, help="class to explain (default: the predicted one)"),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="a method parameter, or a nested setting such as perturbation.sigma=2; repeatable"),
-        click.option("--seed", type=int, default=0, show_default=True, help="seed for every random choice"),
-        click.option("--out", default="salfw-out", show_default=True, help="output directory"),
+        click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="seed for every random choice"),
+        click.option("--out", default="salfw-out", show_default=True, callback=output_directory,
+                     help="output directory (checked before any work)"),
     ]
     f = progress_option(f)
     for option in reversed(options):

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import torch
 
-from salfw.core.api import explain
+from salfw.core.api import as_batch, as_targets, explain
 from salfw.core.api import methods as registered_methods
 from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.explanation import Explanation
@@ -18,7 +18,7 @@ from salfw.core.models import Model
 from salfw.core.registry import get_registry
 from salfw.core.render import draw_grid
 
-from .common import inputs_for, model_from_spec, model_options, parse_sets
+from .common import check_fits, inputs_for, model_from_spec, model_options, parse_sets
 
 
 def split_settings(params: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:
@@ -53,32 +53,50 @@ def split_settings(params: dict[str, str], names: list[str]) -> dict[str, dict[s
     return given
 
 
+def _failure(name: str, exc: Exception) -> str:
+    """Why a method was left out of ``--all``, in one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(exc).__name__
+    if isinstance(exc, ModelRequirementError):
+        return reason
+    registry = get_registry().table("method")
+    origin = f" in plugin '{registry[name].plugin}'" if name in registry else ""
+    return f"failed with {type(exc).__name__}: {reason} (a bug{origin}; report it to its authors)"
+
+
 def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *, target: Any = None, seed: int = 0,
             params: dict[str, str] | None = None, skip_unfit: bool = False,
             progress: bool | None = None) -> tuple[Path, dict[str, str]]:
     """Explain ``x`` with each method and draw the grid to ``<out>/compare.png``.
 
     ``params`` (from ``--set``) are shared out by :func:`split_settings`. With ``skip_unfit``
-    (``--all``), methods whose requirements the model lacks are left out of the grid instead of
-    failing. Returns the image path and the skipped methods with their reasons.
+    (``--all``), a method is left out of the grid instead of failing when the model lacks its
+    requirements or when it breaks (a plugin's bug: one broken method must not lose the others'
+    work); a :class:`ParameterError` in settings the user gave that method still stops the run,
+    and so does a bad input or target, checked once before any method runs. Returns the image
+    path and the skipped methods with their reasons.
     """
     settings = split_settings(params or {}, names)
+    batch = as_batch(model, x)
+    probabilities = model.probabilities(batch)  # also tells the class count, to check the target once
+    if target is not None:
+        as_targets(target, batch.shape[0], model.num_classes, probabilities.argmax(dim=1))
     explanations: dict[str, Explanation] = {}
     errors: dict[str, str] = {}
     for name in names:
         try:
             explanations[name] = explain(name, model, x, target=target, seed=seed, progress=progress,
                                          **settings[name])
-        except ModelRequirementError as exc:
-            if not skip_unfit:
+        except Exception as exc:
+            user_mistake = isinstance(exc, ParameterError) and bool(settings[name])
+            if not skip_unfit or user_mistake:
                 raise
-            errors[name] = str(exc).splitlines()[0]
+            errors[name] = _failure(name, exc)
     if not explanations:
         raise ModelRequirementError("none of the chosen methods can explain this model: "
                                     + "; ".join(f"{k}: {v}" for k, v in errors.items()))
     first = next(iter(explanations.values()))
-    probabilities = model.probabilities(x if first.inputs is None else first.inputs).tolist()
-    labels = [f"class {t} (p={probabilities[i][t]:.2f})" for i, t in enumerate(first.targets.tolist())]
+    labels = [f"class {t} (p={probabilities[i, t].item():.2f})" for i, t in enumerate(first.targets.tolist())]
     path = draw_grid(x, explanations, Path(out) / "compare.png", model.input_range, labels)
     return path, errors
 
@@ -106,6 +124,7 @@ def compare_command(methods: tuple[str, ...], all_methods: bool, samples: int | 
         from salfw.zoo.samples import load_samples
 
         x = load_samples()[0][:max(1, samples)]
+        check_fits(model, x, f"the first {len(x)} sample digit(s)")
     else:
         x = inputs_for(model, input_path, sample)
     names = list(registered_methods()) if all_methods else list(methods)

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except SalfwError as exc:
-        click.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        click.echo(f"error: {lines[0] if lines else type(exc).__name__}", err=True)
         sys.exit(2)
 
 

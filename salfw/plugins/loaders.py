@@ -19,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,7 @@ class TorchScriptLoader(ModelLoader):
         try:
             module = torch.jit.load(str(_existing(path)), map_location="cpu")
         except RuntimeError as exc:
-            raise ModelError(f"cannot load {path} as TorchScript: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"cannot load {path} as TorchScript: {first_line(exc)}") from None
         return _white_box(module, options)
 
 
@@ -100,7 +101,7 @@ class OnnxLoader(ModelLoader):
         try:
             session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for malformed files
-            raise ModelError(f"cannot load {path} as ONNX: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"cannot load {path} as ONNX: {first_line(exc)}") from None
         input_name = session.get_inputs()[0].name
 
         def run(batch: np.ndarray) -> np.ndarray:
@@ -143,17 +144,45 @@ class PythonLoader(ModelLoader):
         return BlackBox(obj, input_range, **options)
 
 
-def load_weights(path: str) -> dict[str, torch.Tensor]:
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-empty line, or its type's name when it has no message (an
+    ``EOFError`` from an empty file has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _weights_reason(exc: BaseException, file: Path) -> str:
+    """Why a weights file did not load, in a few words: ``torch.load(weights_only=True)`` opens
+    its refusal with advice to drop ``weights_only`` (which would run the file's code); the
+    reason itself is on its ``WeightsUnpickler error:`` line."""
+    if file.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(exc, EOFError):
+        return "the file ends early"
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        return reason[0] if reason else "it holds objects other than tensors"
+    return first_line(exc)
+
+
+def load_weights(path: str) -> Mapping[str, torch.Tensor]:
     """A state dict from safetensors, or from a torch file with ``weights_only=True`` (no code runs)."""
     file = _existing(path)
+    expected = "expected a .safetensors file or a state dict saved with torch.save"
     try:
         if file.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(file))
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # malformed or unsafe files: one clear message
-        raise ModelError(f"cannot load weights from {path}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load weights from {path}: {_weights_reason(exc, file)}; {expected}") from None
+    if not isinstance(state, Mapping):
+        raise ModelError(f"cannot load weights from {path}: it holds a {type(state).__name__}, not a state dict; "
+                         f"{expected}")
+    return state  # as loaded: an OrderedDict keeps the _metadata that load_state_dict reads
 
 
 @hookimpl
