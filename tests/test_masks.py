@@ -33,6 +33,7 @@ from salfw.sdk.masks import (
     l1,
     low_res_shape,
     perturbation_pyramid,
+    random_shift,
     smooth_kernel,
     total_variation,
     upsample,
@@ -277,20 +278,62 @@ def test_masker_loss_formula():
 
 def test_jitter_shifts_the_whole_batch_alike():
     x = torch.arange(2 * 25, dtype=torch.float32).reshape(2, 1, 5, 5)
-    y = jitter(x, 2, torch.Generator().manual_seed(0))
+    tau = random_shift(2, torch.Generator().manual_seed(0))
+    y = jitter(x, tau)
     dy, dx = torch.randint(-2, 3, (2,), generator=torch.Generator().manual_seed(0)).tolist()
+    assert tau == (dy, dx)
     assert torch.equal(y, torch.roll(x, (dy, dx), (-2, -1)))
-    assert torch.equal(jitter(x, 0, torch.Generator()), x)
+    assert y[0, 0, dy % 5, dx % 5] == x[0, 0, 0, 0]  # x(· − τ): the pixel at 0 moves to τ
+    g = torch.Generator().manual_seed(0)
+    assert random_shift(0, g) == (0, 0) and torch.equal(jitter(x, (0, 0)), x)
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())  # no draw without jitter
+
+
+class OnePixel(nn.Module):
+    """Two-class logits ``(10 (x_p − ½), −10 (x_p − ½))`` of the single pixel p = (PIXEL, PIXEL)."""
+
+    def forward(self, x):
+        v = 10 * (x[:, 0, PIXEL, PIXEL] - 0.5)
+        return torch.stack([v, -v], dim=1)
+
+
+PIXEL = 8
+
+
+def test_meaningful_perturbation_jitters_the_image_not_the_mask():
+    """Fong & Vedaldi's Φ(x(· − τ); m): the image and its fill move under a fixed mask. A model that
+    reads one pixel p gives the mask a gradient at p only, whatever τ (the image value there is
+    x(p − τ), still bright); jittering the composite would move the mask with it and spread the
+    gradient over p + τ for every drawn τ. Full-resolution mask, no blur, no regularisers."""
+    x = torch.ones(2, 1, 16, 16, dtype=torch.float64)
+    x[1] = 0.9
+    e = salfw.explain("meaningful-perturbation", salfw.WhiteBox(OnePixel()), x, target=0, seed=0,
+                      mode="deletion", iterations=12, factor=1, mask_sigma=0.0, jitter=3, lambda1=0.0, lambda2=0.0,
+                      perturbation={"name": "constant", "value": 0.0}, learning_rate=0.05)
+    moved = (e.meta["mask"] - 0.5).abs() > 1e-12
+    expected = torch.zeros_like(moved)
+    expected[:, :, PIXEL, PIXEL] = True
+    assert torch.equal(moved, expected), moved.nonzero().tolist()
+    assert (e.meta["mask"][:, 0, PIXEL, PIXEL] < 0.5).all()  # deleting p lowers the target's probability
 
 
 def test_extremal_perturbation_masks_for_every_area():
+    """Every area's mask, not only the first, finds the quadrant the model reads: the quadrant is
+    a quarter of the image, so a mask of area a ≤ ¼ can lie inside it and one of area ½ can hold it
+    with as much again outside. (``fade``: the model reads a mean, which a blur keeps.)"""
     model = salfw.WhiteBox(Quadrant(100.0))
-    e = salfw.explain("extremal-perturbation", model, quadrant_images(2), target=0, areas=(0.1, 0.25, 0.5),
-                      iterations=3, combine="sum")
+    areas = (0.1, 0.25, 0.5)
+    e = salfw.explain("extremal-perturbation", model, quadrant_images(2), target=0, areas=areas,
+                      iterations=40, learning_rate=0.2, variant="dual", pyramid="fade", jitter=False, combine="sum")
     masks = e.meta["masks"]
     assert masks.shape == (2, 3, SIZE, SIZE)
     assert torch.allclose(e.attributions[:, 0], masks.sum(dim=1))
     assert len(e.meta["area_loss"][0]) == 3
+    share = masks[:, :, :HALF, :HALF].sum(dim=(2, 3)) / masks.sum(dim=(2, 3))
+    assert (share >= 0.8 * torch.tensor([min(1.0, 0.25 / a) for a in areas])).all(), share
+    assert (masks[:, :, :HALF, :HALF].mean(dim=(2, 3)) >= 0.9).all()  # the quadrant is kept whole
+    total = masks.mean(dim=(2, 3))
+    assert (total[:, 1:] > total[:, :-1]).all(), total  # larger areas, larger masks
 
 
 def test_requires_a_white_box():

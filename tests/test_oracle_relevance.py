@@ -1,6 +1,8 @@
 """Agreement with the peer libraries, float64: Zennit's rules and composites for ``lrp`` and
 ``deep-taylor`` (small CNN, MLP, a residual network with batch norm, the built-in models) and
-Captum's ``DeepLift`` for ``deeplift``."""
+Captum's ``DeepLift`` for ``deeplift``. Deep Taylor's z⁺ and z^B leave the bias out
+(Montavon et al. 2017): Zennit's ``ZPlus``/``ZBox`` with ``zero_params='bias'``; the ``lrp``
+rule ``z-plus-bias`` is Zennit's default ``ZPlus``."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from zennit.composites import (  # noqa: E402
     layer_map_base,
 )
 from zennit.layer import Sum  # noqa: E402
-from zennit.rules import ZBox, ZPlus  # noqa: E402
+from zennit.rules import WSquare, ZBox, ZPlus  # noqa: E402
 from zennit.types import Linear as AnyLinear  # noqa: E402
 
 
@@ -89,9 +91,16 @@ def zennit_relevance(net, x, targets, composite):
     return relevance
 
 
-def deep_taylor_composite(low, high, canonizers=None):
-    return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(AnyLinear, ZPlus())],
-                                         first_map=[(AnyLinear, ZBox(low, high))], canonizers=canonizers)
+def deep_taylor_composite(low, high, canonizers=None, bias=False):
+    """Montavon et al.'s deep Taylor rules, bias-free (``bias=True``: Zennit's default ``ZPlus``)."""
+    zero = None if bias else "bias"
+    return SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(AnyLinear, ZPlus(zero_params=zero))],
+                                         first_map=[(AnyLinear, ZBox(low, high, zero_params=zero))],
+                                         canonizers=canonizers)
+
+
+def first_layer(net):
+    return next(name for name, m in net.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
 
 
 COMPOSITES = {
@@ -103,18 +112,42 @@ COMPOSITES = {
 
 
 @pytest.mark.parametrize("make", [small_cnn, small_mlp, resnet])
-@pytest.mark.parametrize("composite", sorted(COMPOSITES) + ["deep-taylor"])
+@pytest.mark.parametrize("composite", sorted(COMPOSITES) + ["deep-taylor", "lrp-deep-taylor", "z-plus-bias"])
 def test_lrp_and_deep_taylor_match_zennit(make, composite):
+    """``deep-taylor`` (and the ``lrp`` composite of that name) against Zennit's bias-free ZPlus
+    and ZBox; ``lrp`` with z-box first and ``z-plus-bias`` above against Zennit's default ZPlus."""
     net = make()
     x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     targets = torch.tensor([0, 1, 2])
     twin, canonizers = zennit_twin(net) if make is resnet else (net, None)
-    if composite == "deep-taylor":
-        ours = salfw.explain("deep-taylor", salfw.WhiteBox(net), x, target=targets).attributions
-        reference = zennit_relevance(twin, x, targets, deep_taylor_composite(0.0, 1.0, canonizers))
+    if composite in ("deep-taylor", "lrp-deep-taylor", "z-plus-bias"):
+        if composite == "deep-taylor":
+            ours = salfw.explain("deep-taylor", salfw.WhiteBox(net), x, target=targets).attributions
+        else:
+            rules = f"{first_layer(net)}=z-box;*=z-plus-bias" if composite == "z-plus-bias" else None
+            ours = salfw.explain("lrp", salfw.WhiteBox(net), x, target=targets, composite="deep-taylor",
+                                 rules=rules).attributions
+        reference = zennit_relevance(twin, x, targets, deep_taylor_composite(0.0, 1.0, canonizers,
+                                                                             bias=composite == "z-plus-bias"))
     else:
         ours = salfw.explain("lrp", salfw.WhiteBox(net), x, target=targets, composite=composite).attributions
         reference = zennit_relevance(twin, x, targets, COMPOSITES[composite](canonizers))
+    scale = reference.abs().max()
+    torch.testing.assert_close(ours / scale, reference / scale, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("make", [small_cnn, small_mlp])
+@pytest.mark.parametrize("first_rule", ["w-square", "z-plus"])
+def test_deep_taylor_first_rules_match_zennit(make, first_rule):
+    """The other first-layer rules, bias-free too: Zennit's WSquare / ZPlus with zero_params='bias'."""
+    net = make()
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    targets = torch.tensor([2, 0, 1])
+    ours = salfw.explain("deep-taylor", salfw.WhiteBox(net), x, target=targets, first_rule=first_rule).attributions
+    first = WSquare(zero_params="bias") if first_rule == "w-square" else ZPlus(zero_params="bias")
+    composite = SpecialFirstLayerMapComposite(layer_map=layer_map_base() + [(AnyLinear, ZPlus(zero_params="bias"))],
+                                              first_map=[(AnyLinear, first)])
+    reference = zennit_relevance(net, x, targets, composite)
     scale = reference.abs().max()
     torch.testing.assert_close(ours / scale, reference / scale, rtol=1e-5, atol=1e-5)
 

@@ -4,6 +4,9 @@ float64 on small random networks."""
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,7 +17,16 @@ import salfw
 from salfw.core.api import composites, rules
 from salfw.core.errors import ModelRequirementError, ParameterError, PluginError, UnknownNameError
 from salfw.core.registry import get_registry, plugin_namespace
-from salfw.sdk.propagation import Composite, Rule, Settings, modified_gradients, stabilize
+from salfw.sdk.propagation import (
+    Composite,
+    Excitation,
+    Rule,
+    Settings,
+    ZBox,
+    ZPlus,
+    modified_gradients,
+    stabilize,
+)
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -76,13 +88,63 @@ def input_x_gradient(model, x, targets):
     return x.detach() * g
 
 
-def assert_conserved(e, logits, rel=1e-5):
-    """Each layer's input relevance and the input's sum to the explained logit."""
+def zplus_denominator(rule, layer, x):
+    """Σ_j x⁺_j w⁺_jk + x⁻_j w⁻_jk: the bias-free z⁺ denominator, from the definition."""
+    w = layer.weight
+    return layer.forward(x.clamp(min=0), w.clamp(min=0), None) + layer.forward(x.clamp(max=0), w.clamp(max=0), None)
+
+
+def zbox_denominator(rule, layer, x):
+    """Σ_j x_j w_jk − l_j w⁺_jk − h_j w⁻_jk: the z^B denominator (its bias terms cancel)."""
+    w = layer.weight
+    low = torch.as_tensor(rule.low, dtype=x.dtype).expand_as(x)
+    high = torch.as_tensor(rule.high, dtype=x.dtype).expand_as(x)
+    return layer.forward(x, w, None) - layer.forward(low, w.clamp(min=0), None) - \
+        layer.forward(high, w.clamp(max=0), None)
+
+
+def excitation_denominator(rule, layer, x):
+    """Σ_j x_j w⁺_jk (``(−w)⁺`` for the contrastive dual unit)."""
+    w = -layer.weight if rule.negate else layer.weight
+    return layer.forward(x, w.clamp(min=0), None)
+
+
+@contextlib.contextmanager
+def dead_unit_relevance():
+    """While active, every z⁺ (bias-free), z^B and excitation layer the propagation visits records,
+    per sample, the relevance reaching its units whose denominator is zero: units none of whose
+    inputs contributes, the only relevance these rules may lose. Yields {module: lost (N,)},
+    summed over the propagations run while it is active."""
+    lost: dict[nn.Module, torch.Tensor] = {}
+
+    def recording(call, denominator):
+        def rule(self, layer, x, z, relevance):
+            if not getattr(self, "bias", False):  # z-plus-bias loses its bias's share too: not recorded
+                dead = (denominator(self, layer, x) == 0).to(relevance)
+                lost[layer.module] = lost.get(layer.module, 0) + (relevance * dead).flatten(1).sum(1)
+            return call(self, layer, x, z, relevance)
+        return rule
+
+    with mock.patch.object(ZPlus, "__call__", recording(ZPlus.__call__, zplus_denominator)), \
+            mock.patch.object(ZBox, "__call__", recording(ZBox.__call__, zbox_denominator)), \
+            mock.patch.object(Excitation, "__call__", recording(Excitation.__call__, excitation_denominator)):
+        yield lost
+
+
+def assert_conserved(e, logits, net, lost, rel=1e-6):
+    """From the explained logit down, each Linear/Conv layer receives what the layer above passed
+    on and passes on all of it but the relevance of its dead units (``lost``); the input's map sums
+    to what the lowest layer passed on. Holds on every draw, dead units or not."""
+    paths = {m: path for path, m in net.named_modules()}
     explained = logits.gather(1, e.targets[:, None])[:, 0]
     tol = rel * explained.abs().clamp(min=1e-3)
-    for layer in e.meta["layers"]:
-        assert (torch.tensor(layer["relevance_in"], dtype=torch.float64) - explained).abs().le(tol).all(), layer
-    assert (e.attributions.flatten(1).sum(1) - explained).abs().le(tol).all()
+    running = explained
+    for layer in reversed(e.meta["layers"]):
+        out = torch.tensor(layer["relevance_out"], dtype=torch.float64)
+        assert (out - running).abs().le(tol).all(), (layer, running)
+        running = running - next((v for m, v in lost.items() if paths[m] == layer["layer"]), 0)
+        assert (torch.tensor(layer["relevance_in"], dtype=torch.float64) - running).abs().le(tol).all(), layer
+    assert (e.attributions.flatten(1).sum(1) - running).abs().le(tol).all()
 
 
 @SETTINGS
@@ -91,18 +153,42 @@ def assert_conserved(e, logits, rel=1e-5):
     ("deep-taylor", {"first_rule": "z-plus"}), ("lrp", {"rules": "*=epsilon", "epsilon": 1e-12}),
     ("lrp", {"rules": "*=z-plus"}), ("lrp", {"composite": "epsilon-plus", "epsilon": 1e-12})]))
 def test_conservation_at_every_layer(net, seed, method):
-    """Bias-free ReLU networks: relevance sums to the explained logit at every Linear/Conv layer.
-    (Residual additions are checked with LRP-ε below: z⁺ is not conservative across an addition
-    whose branch has no positive contribution.)"""
+    """Bias-free ReLU networks: relevance sums to the explained logit at every Linear/Conv layer,
+    except that an output none of whose inputs contributes positively (a negative logit with
+    z⁺ = 0) has nowhere to send its relevance: then every layer below holds zero. No hidden unit
+    loses any (without biases an active unit has a positive input). (Residual additions are checked
+    with LRP-ε below: z⁺ is not conservative across an addition whose branch has no positive
+    contribution.)"""
     name, params = method
     model = salfw.WhiteBox(net)
     x = inputs(net, seed)
-    e = salfw.explain(name, model, x, **params, stabilizer=1e-12)
-    logits = model.scores(x)
-    # z-plus loses relevance only where a unit has no positive input at all (z+ = 0); skip those draws
-    if any(min(abs(v) for v in layer["relevance_out"]) < 1e-9 for layer in e.meta["layers"]):
-        return
-    assert_conserved(e, logits)
+    with dead_unit_relevance() as lost:
+        e = salfw.explain(name, model, x, **params, stabilizer=1e-12)
+    top = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+    assert all(torch.equal(v, torch.zeros_like(v)) for m, v in lost.items() if m is not top), lost
+    assert_conserved(e, model.scores(x), net, lost)
+
+
+biased_networks = st.one_of(
+    st.builds(mlp, st.integers(0, 10_000), st.lists(st.integers(2, 12), min_size=1, max_size=3), st.just(True)),
+    st.builds(cnn, st.integers(0, 10_000), st.integers(1, 5), st.just(True)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(biased_networks, st.integers(0, 1000), st.sampled_from([
+    ("deep-taylor", {"first_rule": "z-box"}), ("deep-taylor", {"first_rule": "w-square"}),
+    ("deep-taylor", {"first_rule": "z-plus"}), ("lrp", {"composite": "deep-taylor"})]))
+def test_deep_taylor_conserves_on_biased_networks(net, seed, method):
+    """Networks with biases (PyTorch's default initialisation, both signs): deep Taylor's z⁺ and z^B
+    leave the bias out of the denominator (Montavon et al. 2017), so each layer passes on all its
+    relevance but that of units none of whose inputs contributes (switched on by a positive bias
+    alone). Zennit's ``z-plus-bias`` would lose the bias's share b⁺/(z⁺ + b⁺) at every unit."""
+    name, params = method
+    model = salfw.WhiteBox(net)
+    x = inputs(net, seed)
+    with dead_unit_relevance() as lost:
+        e = salfw.explain(name, model, x, **params, stabilizer=1e-12)
+    assert_conserved(e, model.scores(x), net, lost)
 
 
 @SETTINGS
@@ -188,20 +274,24 @@ def test_deeplift_baseline_tensor_and_errors():
 @SETTINGS
 @given(plain_networks, st.integers(0, 1000))
 def test_excitation_backprop_is_a_probability(net, seed):
-    """With non-negative inputs the marginal winning probabilities are ≥ 0 and sum to 1; the
-    contrastive map is their difference with the dual unit's, summing to 0."""
+    """With non-negative inputs the marginal winning probabilities are ≥ 0 and sum to 1, but for the
+    probability reaching a unit without any excitatory input (Σ_j x_j w⁺_jk = 0; in these bias-free
+    networks only an output unit can be one), which is lost; the contrastive map is their difference
+    with the dual unit's, summing to 0 when neither loses any."""
     model = salfw.WhiteBox(net)
     x = inputs(net, seed)
-    e = salfw.explain("excitation-backprop", model, x, stabilizer=1e-14)
-    c = salfw.explain("contrastive-excitation-backprop", model, x, stabilizer=1e-14)
+    with dead_unit_relevance() as lost_target:
+        e = salfw.explain("excitation-backprop", model, x, stabilizer=1e-14)
+    with dead_unit_relevance() as lost_both:
+        c = salfw.explain("contrastive-excitation-backprop", model, x, stabilizer=1e-14)
     assert (e.attributions >= 0).all() and (c.meta["dual_map"] >= 0).all()
     target_sum, dual_sum = e.attributions.flatten(1).sum(1), c.meta["dual_map"].flatten(1).sum(1)
-    # probability is lost only through a unit without any excitatory input (tiny random nets)
-    alive = (target_sum > 0.5) & (dual_sum > 0.5)
-    torch.testing.assert_close(target_sum[alive], torch.ones_like(target_sum[alive]))
-    torch.testing.assert_close(dual_sum[alive], torch.ones_like(dual_sum[alive]))
-    torch.testing.assert_close(c.attributions.flatten(1).sum(1)[alive], torch.zeros_like(dual_sum[alive]),
-                               atol=1e-7, rtol=0)
+    zero = torch.zeros_like(target_sum)
+    target_lost = sum(lost_target.values(), zero)
+    dual_lost = sum(lost_both.values(), zero) - target_lost  # the contrastive run propagates both
+    torch.testing.assert_close(target_sum, 1 - target_lost)
+    torch.testing.assert_close(dual_sum, 1 - dual_lost)
+    torch.testing.assert_close(c.attributions.flatten(1).sum(1), dual_lost - target_lost, atol=1e-7, rtol=0)
     torch.testing.assert_close(c.attributions, c.meta["target_map"] - c.meta["dual_map"])
     torch.testing.assert_close(c.meta["target_map"], e.attributions)
 
@@ -357,7 +447,7 @@ def test_a_plugin_registers_a_rule_and_a_composite():
 
 
 def test_builtin_rules_and_composites_are_registered_by_the_lrp_plugin():
-    assert {"epsilon", "z-plus", "alpha-beta", "gamma", "z-box", "w-square", "flat", "pass",
+    assert {"epsilon", "z-plus", "z-plus-bias", "alpha-beta", "gamma", "z-box", "w-square", "flat", "pass",
             "excitation"} == set(rules())
     assert {"epsilon-plus", "epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1",
             "deep-taylor"} == set(composites())

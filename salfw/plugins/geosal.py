@@ -6,7 +6,11 @@ A ReLU network is affine inside each activation region (see
 class ``Q``, GeoSal walks from the image to the closest point where ``Q`` wins,
 one region at a time. For each comparison class ``Q ≠ P``, taken in order of
 output probability while ``p_Q`` is at least ``threshold`` (the most probable
-other class is always taken), starting from ``x_0 = x``:
+other class is always taken), starting from ``x_0 = x``. The thesis has no
+threshold: it checks every class, i.e. ``threshold=0``; salfw's default 1e-3
+(our choice) skips classes whose weight ``p_Q`` would add less than 0.1 % of
+their distance, which saves their searches on confident inputs but drops their
+small terms from the sum below. Use ``threshold=0`` to reproduce the thesis.
 
 1. find the region's matrices at ``x_i``: ``y = x·W + B`` (``find_plane``);
 2. form the region's decision plane ``y_P − y_Q = 0``, i.e. ``w·x + b = 0`` with
@@ -171,7 +175,8 @@ class GeoSal(Method):
     @dataclasses.dataclass(frozen=True)
     class Params:
         threshold: float = param(1e-3, "compare classes whose probability is at least this (the most probable "
-                                       "other class always); 0 compares all", low=0.0, high=1.0)
+                                       "other class always); 0 compares all, as the thesis does", low=0.0,
+                                 high=1.0)
         versus: int | None = param(None, "compare with this one class only: why the target and not this class",
                                    low=0)
         signed: bool = param(False, "Σ p_Q (x − x'_Q) instead of Σ p_Q |x − x'_Q|")

@@ -11,7 +11,9 @@ upsampled (bilinear) and blurred to the input size, and the image is perturbed a
 * deletion:     ``λ1 ‖1 − m‖₁ + λ2 TV_β(m) + E_τ[f_c(Φ(x(· − τ); m))]``
 * preservation: ``λ1 ‖m‖₁ + λ2 TV_β(m) + E_τ[1 − f_c(Φ(x(· − τ); m))]``
 
-where ``f_c`` is the target's softmax probability and τ a random jitter. The
+where ``f_c`` is the target's softmax probability and τ a random jitter: the image and
+its fill are shifted (circularly) by τ under the fixed mask, ``Φ(x(· − τ); m) =
+m ⊙ x(· − τ) + (1 − m) ⊙ fill(· − τ)``, one τ per iteration shared by the batch. The
 regularisers are sums over the low-resolution mask, normalised to the paper's
 28×28 mask (multiplied by 784 / (h·w)) so that λ1 and λ2 keep their meaning at
 any input size. Paper defaults, all parameters: Adam with learning rate 0.1, 300
@@ -52,7 +54,7 @@ from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import Component, batch_size, component, iterations, learning_rate, param
-from salfw.sdk.masks import gaussian_blur, jitter, l1, low_res_shape, scaled, total_variation, upsample
+from salfw.sdk.masks import gaussian_blur, jitter, l1, low_res_shape, random_shift, scaled, total_variation, upsample
 from salfw.sdk.reference import reference
 
 PAPER_MASK_PIXELS = 28 * 28
@@ -171,9 +173,10 @@ class MeaningfulPerturbation(Method):
         try:
             for _ in range(p.iterations):
                 current = draw()
+                tau = random_shift(shift, generator)
                 with torch.enable_grad():
                     full = full_mask(low, size, mask_sigma)
-                    composite = jitter(perturbed(x, full, current), shift, generator)
+                    composite = perturbed(jitter(x, tau), full, jitter(current, tau))
                     prob = torch.softmax(model.forward(composite), dim=1).gather(1, index)[:, 0]
                     reg_l1, reg_tv, objective = loss_terms(prob, low)
                     loss = (p.lambda1 * reg_l1 + p.lambda2 * reg_tv + objective).sum()

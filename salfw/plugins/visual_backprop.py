@@ -31,10 +31,11 @@ Choices where the paper is silent (its networks have no pooling):
   (``nn.Sequential`` CNNs like the built-in ones); the chain ends at the
   first layer whose output is no longer a spatial map (the global pool).
 
-The method is designed for ReLU CNNs without biases (the built-in
-``mnist-cnn-nobias``, and ``mnist-cnn-offset`` whose -0.5 input offset lives
-in the adapter's preprocessing, so the network itself stays bias-free): a
-network with biases (conv/linear ``bias``, BatchNorm shifts) triggers a
+The method is designed for ReLU CNNs without biases: the GeoSal thesis runs it
+on a network of "ReLU non linearities without biases". Use the built-in
+``mnist-cnn-nobias`` (the claim runs do), or ``mnist-cnn-offset`` whose -0.5
+input offset lives in the adapter's preprocessing, so the network itself stays
+bias-free; a network with biases (conv/linear ``bias``, BatchNorm shifts) triggers a
 warning, and one without ``nn.Conv2d`` layers followed by an ``nn.ReLU``
 module is refused with :class:`ModelRequirementError`.
 """

@@ -4,7 +4,7 @@ extremal perturbation, Noise Mask, real-time saliency): mask parametrisations
 :func:`upsample`; the smooth masks of Fong, Patrick & Vedaldi 2019,
 :class:`SmoothMask`), perturbation by a blur or fade pyramid
 (:func:`perturbation_pyramid`, :func:`apply_pyramid`), the penalties (total
-variation, L1), Gaussian blur and random jitter.
+variation, L1), Gaussian blur and random jitter (:func:`random_shift`, :func:`jitter`).
 
 All helpers work on batches (N, 1, h, w) and return one value per sample, so
 that a batch is optimised as one tensor with one optimiser while each sample's
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from salfw.core.perturbations import gaussian_blur
 
-__all__ = ["total_variation", "l1", "upsample", "gaussian_blur", "jitter", "scaled", "low_res_shape", "SmoothMask",
-           "smooth_kernel", "perturbation_pyramid", "apply_pyramid"]
+__all__ = ["total_variation", "l1", "upsample", "gaussian_blur", "random_shift", "jitter", "scaled", "low_res_shape",
+           "SmoothMask", "smooth_kernel", "perturbation_pyramid", "apply_pyramid"]
 
 #: Temperature T of the smooth maximum (TorchRay's ``MaskGenerator``).
 COLDNESS = 20.0
@@ -59,16 +59,25 @@ def low_res_shape(shape: tuple[int, int], factor: int) -> tuple[int, int]:
     return max(1, math.ceil(shape[0] / factor)), max(1, math.ceil(shape[1] / factor))
 
 
-def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Shift the whole batch by one random (dy, dx) in ``[-max_shift, max_shift]²`` (circularly).
-
-    The shift is drawn once per call and shared by all samples (Fong & Vedaldi's
-    random jitter), so a batch is treated like its samples one by one.
-    """
+def random_shift(max_shift: int, generator: torch.Generator) -> tuple[int, int]:
+    """One random jitter ``τ = (dy, dx)`` in ``[-max_shift, max_shift]²`` from ``generator``, or
+    ``(0, 0)`` without a draw when ``max_shift`` is 0. Drawn once per step and shared by all samples
+    (Fong & Vedaldi's random jitter), so a batch is treated like its samples one by one."""
     if max_shift <= 0:
-        return x
+        return 0, 0
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
-    return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+    return dy, dx
+
+
+def jitter(x: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
+    """``x(· − τ)``: images (…, H, W) shifted by ``τ = shift = (dy, dx)`` pixels, circularly.
+
+    Fong & Vedaldi 2017 jitter the image under a fixed mask, ``Φ(x(· − τ); m)``: shift the
+    image and its fill with this, not the perturbed composite (which would move the mask too).
+    """
+    if shift == (0, 0):
+        return x
+    return torch.roll(x, shifts=shift, dims=(-2, -1))
 
 
 def smooth_kernel(z: torch.Tensor) -> torch.Tensor:

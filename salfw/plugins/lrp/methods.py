@@ -26,9 +26,12 @@ class LRP(Method):
     The target's logit is the relevance at the output; each Linear/Conv2d layer
     redistributes it to its inputs by its rule (see :mod:`salfw.sdk.propagation.rules`),
     chosen by a registered composite (Zennit's definitions; default ``epsilon-plus``:
-    z-plus for convolutions, epsilon for dense layers) and optionally overridden per
-    layer with ``rules="features.0=z-box;classifier.*=epsilon"``, naming registered
-    rules. The z-box bounds are the model's input range mapped through its
+    Zennit's z⁺ with the bias in the denominator, ``z-plus-bias``, for convolutions,
+    epsilon for dense layers; ``deep-taylor``: z-box first, then the bias-free ``z-plus``)
+    and optionally overridden per layer with ``rules="features.0=z-box;classifier.*=epsilon"``,
+    naming registered rules: ``z-plus`` is Montavon et al.'s z⁺ (no bias, conservative),
+    ``z-plus-bias`` Zennit's ``ZPlus`` (the bias absorbs ``b⁺/(z⁺ + b⁺)`` of each unit's
+    relevance). The z-box bounds are the model's input range mapped through its
     preprocessing. Rule constants default to Zennit's (ε = 1e-6, γ = 0.25, α = 2,
     β = 1, stabiliser 1e-6) and keep Zennit's names. ``meta["layers"]`` gives the
     relevance sums at each layer's output and input and what its bias absorbed
@@ -75,15 +78,20 @@ class DeepTaylor(Method):
     nonlinear classification decisions with deep Taylor decomposition").
 
     For ReLU networks: the z⁺ rule ``R_j = Σ_k x_j w⁺_jk / Σ_j' x_j' w⁺_j'k · R_k`` in every
-    Linear/Conv2d layer above the first, and for the first layer the z^B rule
+    Linear/Conv2d layer above the first, with no bias in the denominator (the paper's
+    definition; Zennit's ``ZPlus(zero_params='bias')``; the ``lrp`` rule ``z-plus-bias`` is
+    Zennit's default with ``b⁺`` in it), and for the first layer the z^B rule
     ``R_j = Σ_k (x_j w_jk − l_j w⁺_jk − h_j w⁻_jk) / Σ_j' (…) · R_k`` whose box
     ``[l, h]`` is the model's ``input_range`` mapped through its preprocessing
     (offset, scale, invert, normalisation), or the w² rule (``first_rule="w-square"``)
     for unbounded inputs. The target's logit is decomposed; with ``all_outputs=True``
     every class is decomposed in one batched pass and ``meta["all_outputs"]`` holds
-    the (N, K, ...) maps (the target's are the attributions). Bias-free networks
-    conserve relevance exactly at every layer (up to the 1e-6 stabiliser);
-    ``meta["layers"]`` reports the sums and what biases absorbed. Local explanation.
+    the (N, K, ...) maps (the target's are the attributions). Relevance is conserved at
+    every layer (up to the 1e-6 stabiliser), with or without biases, except at a unit none
+    of whose inputs contributes positively (``Σ_j x_j w⁺_jk = 0``: a unit switched on by a
+    positive bias alone, or an output with no positive input), whose relevance has nowhere
+    to go; ``meta["layers"]`` reports the sums at each layer and what was lost
+    (``absorbed``). Local explanation.
     """
 
     name = "deep-taylor"

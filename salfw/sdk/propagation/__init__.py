@@ -59,6 +59,7 @@ from .rules import (
     WSquare,
     ZBox,
     ZPlus,
+    ZPlusBias,
     input_gradient,
     make_rule,
     modified_gradients,
@@ -69,6 +70,6 @@ __all__ = [
     "BUILTIN_COMPOSITES", "BUILTIN_RULES", "SUPPORTED_LAYERS", "AlphaBeta", "AlphaTwoBetaOne", "Composite",
     "DeepTaylorComposite", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat",
     "Excitation", "Flat", "Gamma", "Layer", "LayerInfo", "Network", "Pass", "Rule", "RuleSpec", "Settings", "Start",
-    "WSquare", "WeightBias", "ZBox", "ZPlus", "input_gradient", "layer_sums", "make_rule", "modified_gradients",
-    "one_hot_start", "parse_mapping", "propagate_batches", "resolve", "stabilize", "unit_start",
+    "WSquare", "WeightBias", "ZBox", "ZPlus", "ZPlusBias", "input_gradient", "layer_sums", "make_rule",
+    "modified_gradients", "one_hot_start", "parse_mapping", "propagate_batches", "resolve", "stabilize", "unit_start",
 ]

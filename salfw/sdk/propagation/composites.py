@@ -1,12 +1,15 @@
 """Composites: which rule each Linear/Conv2d layer gets, by name or by a per-layer mapping.
 
-The built-in composites are Zennit 0.5's (``zennit.composites``), with the same
-definitions; the "first layer" is the first Linear/Conv2d in execution order
-(``EpsilonGammaBox`` looks for the first Conv2d only, as Zennit does):
+The built-in composites but ``deep-taylor`` are Zennit 0.5's (``zennit.composites``), with
+the same definitions: their z⁺ rule is Zennit's ``ZPlus``, i.e. ``z-plus-bias``, with the
+bias in the denominator. The "first layer" is the first Linear/Conv2d in execution order
+(``EpsilonGammaBox`` looks for the first Conv2d only, as Zennit does). ``deep-taylor`` is
+Montavon et al.'s (2017) and uses the bias-free ``z-plus`` (Zennit's
+``ZPlus(zero_params='bias')``), so it conserves relevance on biased networks too:
 
 ========================  ========================================================================
-``epsilon-plus``          Conv2d: z-plus; Linear: epsilon
-``epsilon-plus-flat``     first Linear/Conv2d: flat; other Conv2d: z-plus; Linear: epsilon
+``epsilon-plus``          Conv2d: z-plus-bias; Linear: epsilon
+``epsilon-plus-flat``     first Linear/Conv2d: flat; other Conv2d: z-plus-bias; Linear: epsilon
 ``epsilon-gamma-box``     first Conv2d: z-box; other Conv2d: gamma; Linear: epsilon
 ``epsilon-alpha2-beta1``  Conv2d: alpha-beta (α = 2, β = 1); Linear: epsilon
 ``deep-taylor``           first Linear/Conv2d: z-box; all others: z-plus (Montavon et al. 2017)
@@ -46,15 +49,15 @@ def _first(layers: list[LayerInfo], conv_only: bool = False) -> str | None:
 
 class EpsilonPlus(Composite):
     name = "epsilon-plus"
-    summary = "Conv2d: z-plus; Linear: epsilon (Zennit's EpsilonPlus; Kohlbrenner et al. 2020)"
+    summary = "Conv2d: z-plus-bias; Linear: epsilon (Zennit's EpsilonPlus; Kohlbrenner et al. 2020)"
 
     def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
-        return {l.path: "z-plus" if l.is_conv else "epsilon" for l in layers}
+        return {l.path: "z-plus-bias" if l.is_conv else "epsilon" for l in layers}
 
 
 class EpsilonPlusFlat(Composite):
     name = "epsilon-plus-flat"
-    summary = "first layer: flat; other Conv2d: z-plus; Linear: epsilon (Zennit's EpsilonPlusFlat)"
+    summary = "first layer: flat; other Conv2d: z-plus-bias; Linear: epsilon (Zennit's EpsilonPlusFlat)"
 
     def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
         rules = EpsilonPlus().rules(layers)
@@ -96,7 +99,7 @@ class EpsilonAlpha2Beta1(Composite):
 
 class DeepTaylorComposite(Composite):
     name = "deep-taylor"
-    summary = "first layer: z-box; all others: z-plus (Montavon et al. 2017)"
+    summary = "first layer: z-box; all others: z-plus, bias-free and conservative (Montavon et al. 2017)"
 
     def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
         rules: dict[str, RuleSpec] = {l.path: "z-plus" for l in layers}

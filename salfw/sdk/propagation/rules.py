@@ -9,21 +9,25 @@ and the input relevance is
 
 with ``d`` the rule's denominator, i.e. for the plain z-rule
 ``R_j = Σ_k x_j w_jk R_k / z_k``. ``stab(d) = d + ε·sign(d)`` (sign(0) = +1),
-Zennit's stabiliser. The rules and their defaults are Zennit 0.5's:
+Zennit's stabiliser. The rules and their defaults are Zennit 0.5's (``z-plus`` and
+``w-square`` are its ``ZPlus`` and ``WSquare`` with ``zero_params='bias'``, as Montavon et al.
+define them; ``z-plus-bias`` is its plain ``ZPlus``):
 
-=============  ===========================================================================
-``epsilon``    ``x w`` over ``z + ε sign z`` (Bach et al. 2015; ε = 1e-6)
-``z-plus``     ``x⁺w⁺ + x⁻w⁻`` over their sum; bias only in the positive part (Montavon et al. 2017)
-``alpha-beta`` ``α (x⁺w⁺ + x⁻w⁻)/(…) − β (x⁺w⁻ + x⁻w⁺)/(…)`` (Bach et al. 2015; α = 2, β = 1)
-``gamma``      weights ``w + γ w⁺`` for positive outputs, ``w + γ w⁻`` for negative ones
-               (Montavon et al. 2019, generalised as in Zennit; γ = 0.25)
-``z-box``      ``x w − l w⁺ − h w⁻`` with input bounds l ≤ x ≤ h (Montavon et al. 2017)
-``w-square``   ``w²`` with unit inputs (Montavon et al. 2017)
-``flat``       unit weights and inputs, no bias (Lapuschkin et al. 2019)
-``pass``       relevance passes unchanged (shapes must agree)
-``excitation`` ``x w⁺`` over its sum, no bias: the marginal winning probability of
-               excitation backprop (Zhang et al. 2018)
-=============  ===========================================================================
+===============  ===========================================================================
+``epsilon``      ``x w`` over ``z + ε sign z`` (Bach et al. 2015; ε = 1e-6)
+``z-plus``       ``x⁺w⁺ + x⁻w⁻`` over their sum, no bias: conservative (Montavon et al. 2017)
+``z-plus-bias``  ``x⁺w⁺ + b⁺ + x⁻w⁻`` over their sum: the bias absorbs ``b⁺/(…)`` (Zennit)
+``alpha-beta``   ``α (x⁺w⁺ + x⁻w⁻)/(…) − β (x⁺w⁻ + x⁻w⁺)/(…)`` (Bach et al. 2015; α = 2, β = 1)
+``gamma``        weights ``w + γ w⁺`` for positive outputs, ``w + γ w⁻`` for negative ones
+                 (Montavon et al. 2019, generalised as in Zennit; γ = 0.25)
+``z-box``        ``x w − l w⁺ − h w⁻`` with input bounds l ≤ x ≤ h; the bias terms cancel
+                 (b − b⁺ − b⁻ = 0): conservative (Montavon et al. 2017)
+``w-square``     ``w²`` with unit inputs, no bias (Montavon et al. 2017)
+``flat``         unit weights and inputs, no bias (Lapuschkin et al. 2019)
+``pass``         relevance passes unchanged (shapes must agree)
+``excitation``   ``x w⁺`` over its sum, no bias: the marginal winning probability of
+                 excitation backprop (Zhang et al. 2018)
+===============  ===========================================================================
 
 A rule is a :class:`Rule` subclass: a kebab-case ``name``, a ``summary``, a
 classmethod ``from_settings(settings)`` that configures it from the method's
@@ -176,11 +180,21 @@ class Epsilon(Rule):
 
 
 class ZPlus(Rule):
-    """z⁺: ``R_j = Σ_k (x⁺_j w⁺_jk + x⁻_j w⁻_jk) R_k / Σ_j' (…)``, the bias in the positive part only;
-    reads ``settings.stabilizer``."""
+    """z⁺ (Montavon, Lapuschkin, Binder, Samek & Müller 2017, "Explaining nonlinear classification
+    decisions with deep Taylor decomposition"):
+    ``R_j = Σ_k z⁺_jk R_k / Σ_j' z⁺_j'k`` with ``z⁺_jk = x⁺_j w⁺_jk + x⁻_j w⁻_jk`` (the paper's
+    ``x_j w⁺_jk`` for the non-negative inputs of a ReLU network; the ``x⁻w⁻`` term, Zennit's
+    extension, keeps the numerator non-negative for negative inputs). The bias is left out of the
+    denominator, so every unit's relevance passes whole to its inputs: relevance is conserved at
+    every layer, biased or not, except at a unit none of whose inputs contributes positively
+    (``Σ_j' z⁺_j'k = 0``; in a ReLU network only a unit switched on by a positive bias alone, or an
+    output with no positive input), whose relevance has nowhere to go. Reads ``settings.stabilizer``.
+    :class:`ZPlusBias` (``z-plus-bias``) is Zennit's variant with ``b⁺`` in the denominator."""
 
     name = "z-plus"
-    summary = "x⁺w⁺ + x⁻w⁻ over their sum (Montavon et al. 2017)"
+    summary = "x⁺w⁺ + x⁻w⁻ over their sum, no bias: conservative (Montavon et al. 2017)"
+    #: whether the positive part of the bias joins the denominator (Zennit's ``ZPlus``)
+    bias = False
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
@@ -191,15 +205,27 @@ class ZPlus(Rule):
 
     def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
         wp, bp = layer.positive()
+        positive = (wp, bp if self.bias else None)
         xp = x.clamp(min=0)
         if not _has_negatives(x):
-            (gp,) = modified_gradients(layer, [xp], [(wp, bp)],
+            (gp,) = modified_gradients(layer, [xp], [positive],
                                        lambda o: [relevance / stabilize(o[0], self.stabilizer)])
             return xp * gp
         xn = x.clamp(max=0)
-        gp, gn = modified_gradients(layer, [xp, xn], [(wp, bp), (layer.negative()[0], None)],
+        gp, gn = modified_gradients(layer, [xp, xn], [positive, (layer.negative()[0], None)],
                                     lambda o: [relevance / stabilize(o[0] + o[1], self.stabilizer)] * 2)
         return xp * gp + xn * gn
+
+
+class ZPlusBias(ZPlus):
+    """z⁺ with the bias's positive part in the denominator, Zennit 0.5's ``ZPlus`` (and the rule of
+    its ``EpsilonPlus`` composites): ``R_j = Σ_k (x⁺_j w⁺_jk + x⁻_j w⁻_jk) R_k / (Σ_j' (…) + b⁺_k)``,
+    so the bias absorbs the share ``b⁺_k / (Σ_j' (…) + b⁺_k)`` of each unit's relevance: not
+    conservative on a network with positive biases. Reads ``settings.stabilizer``."""
+
+    name = "z-plus-bias"
+    summary = "x⁺w⁺ + b⁺ + x⁻w⁻ over their sum: the bias absorbs its share (Zennit's ZPlus)"
+    bias = True
 
 
 class AlphaBeta(Rule):
@@ -276,7 +302,12 @@ class Gamma(Rule):
 
 class ZBox(Rule):
     """z^B: ``R_j = Σ_k (x_j w_jk − l_j w⁺_jk − h_j w⁻_jk) R_k / Σ_j' (…)`` for inputs in ``[l, h]``
-    (``settings.low``, ``settings.high``: the network input's bounds); reads ``stabilizer``."""
+    (``settings.low``, ``settings.high``: the network input's bounds); reads ``stabilizer``. The three
+    terms carry the biases ``b``, ``b⁺`` and ``b⁻``, which cancel (``b − b⁺ − b⁻ = 0``, as in Zennit's
+    ``ZBox`` with or without ``zero_params='bias'``), so the rule conserves relevance, biased or not,
+    except at a unit whose denominator is zero (``x_j = l_j`` wherever ``w_jk > 0`` and ``x_j = h_j``
+    wherever ``w_jk < 0``: e.g. a filter with no negative weight over black pixels, switched on by
+    its bias), whose relevance has nowhere to go."""
 
     name = "z-box"
     summary = "x w − l w⁺ − h w⁻ for inputs bounded by l ≤ x ≤ h (Montavon et al. 2017)"
@@ -301,10 +332,12 @@ class ZBox(Rule):
 
 
 class WSquare(Rule):
-    """w²: ``R_j = Σ_k w²_jk R_k / Σ_j' w²_j'k``, independent of the input; reads ``settings.stabilizer``."""
+    """w²: ``R_j = Σ_k w²_jk R_k / Σ_j' w²_j'k``, independent of the input, no bias (Montavon et al.
+    2017; Zennit's ``WSquare(zero_params='bias')``, whose default adds ``b²`` to the denominator), so
+    it conserves relevance, biased or not; reads ``settings.stabilizer``."""
 
     name = "w-square"
-    summary = "squared weights with unit inputs (Montavon et al. 2017)"
+    summary = "squared weights with unit inputs, no bias (Montavon et al. 2017)"
 
     def __init__(self, stabilizer: float = 1e-6):
         self.stabilizer = stabilizer
@@ -314,7 +347,7 @@ class WSquare(Rule):
         return cls(settings.stabilizer)
 
     def __call__(self, layer: Layer, x: torch.Tensor, z: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-        (g,) = modified_gradients(layer, [torch.ones_like(x)], [layer.modified("square", lambda t: t ** 2)],
+        (g,) = modified_gradients(layer, [torch.ones_like(x)], [(layer.modified("square", lambda t: t ** 2)[0], None)],
                                   lambda o: [relevance / stabilize(o[0], self.stabilizer)])
         return g
 
@@ -375,7 +408,8 @@ class Excitation(Rule):
 
 
 #: The built-in rules, registered by ``salfw.plugins.lrp``.
-BUILTIN_RULES: tuple[type[Rule], ...] = (Epsilon, ZPlus, AlphaBeta, Gamma, ZBox, WSquare, Flat, Pass, Excitation)
+BUILTIN_RULES: tuple[type[Rule], ...] = (Epsilon, ZPlus, ZPlusBias, AlphaBeta, Gamma, ZBox, WSquare, Flat, Pass,
+                                         Excitation)
 
 #: What a composite or a method may give for a layer: a registered rule's name, a :class:`Rule`
 #: subclass (configured with its ``from_settings``) or a configured instance.
