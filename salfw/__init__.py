@@ -16,8 +16,10 @@ lookup, matplotlib is imported only to draw, and no random state is seeded.
 
 from .core.api import (
     composites,
+    datasets,
     evaluate,
     explain,
+    load_dataset,
     load_model,
     make_method,
     methods,
@@ -49,7 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlackBox", "Context", "Explanation", "InputError", "ModelError", "ModelRequirementError", "ParameterError",
-    "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "draw_grid", "evaluate",
-    "explain", "hookimpl", "load_model", "make_method", "methods", "metrics", "model_explainers",
+    "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "datasets", "draw_grid", "evaluate",
+    "explain", "hookimpl", "load_dataset", "load_model", "make_method", "methods", "metrics", "model_explainers",
     "perturbations", "plot", "register", "reload_plugins", "rules", "composites", "unregister",
 ]

@@ -1,6 +1,6 @@
 """salfw's own subcommands, a plugin like any other: the ``commands`` entry point in
 pyproject.toml, whose ``salfw_register_commands(cli)`` adds ``list``, ``info`` and ``run``
-(here) and ``compare``, ``evaluate``, ``train``, ``test`` and ``plot`` (from their modules),
+(here) and ``compare``, ``evaluate``, ``explain``, ``train``, ``test`` and ``plot`` (from their modules),
 exactly as a third-party package adds its own."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from salfw.core.registry import TYPES, Entry, get_registry
 from .common import inputs_for, model_from_spec, model_options, parse_sets
 from .compare import compare_command
 from .evaluate import evaluate_command
+from .scale import explain_command
 from .toolkit import plot_command, test_command, train_command
 
 #: ``salfw list WHAT``: every registry type by a plural (plus plugins and models).
@@ -153,5 +154,5 @@ def run_command(method: str, model_spec: str | None, input_path: str | None, sam
 @hookimpl
 def salfw_register_commands(cli: Any) -> None:
     for command in (list_command, info_command, run_command, compare_command, evaluate_command, train_command,
-                    test_command, plot_command):
+                    test_command, plot_command, explain_command):
         cli.add_command(command)

@@ -9,7 +9,8 @@ from salfw.core.api import methods as registered_methods
 from salfw.core.api import metrics as registered_metrics
 from salfw.core.errors import ParameterError
 
-from .common import DEFAULT_MODEL, model_from_spec, parse_sets, progress_option
+from .common import DEFAULT_MODEL, SEED_RANGE, model_from_spec, output_directory, parse_sets, progress_option
+from .scale import dataset_options, evaluate_on_dataset
 
 
 def _names(value: str | None, known: dict[str, type], what: str) -> list[str]:
@@ -45,15 +46,28 @@ def _scoped(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
 @click.option("--set", "sets", multiple=True, metavar="NAME.KEY=VALUE",
               help="a method or metric parameter, e.g. lime.samples=200, lime.perturbation.sigma=2 or "
                    "morf.steps=20; repeatable")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED_RANGE, default=0, show_default=True)
 @click.option("--reexplain-samples", type=int, default=50, show_default=True,
               help="inputs scored by metrics that re-run the method (randomization, max-sensitivity)")
-@click.option("--out", default="salfw-eval", show_default=True, help="output directory")
+@click.option("--out", default="salfw-eval", show_default=True, callback=output_directory,
+              help="output directory (checked before any work)")
+@click.option("--dataset", "dataset_spec", default=None,
+              help="score every sample of a dataset (mnist:DIR?start=&stop=, folder:DIR, npy:FILE): per-sample "
+                   "scores in OUT/scores.csv, resumable, shared among torchrun's processes")
+@click.option("--attributions", default=None, help="with --dataset: the 'salfw explain' store whose maps to score")
+@dataset_options
 @progress_option
 def evaluate_command(method_names: str | None, metric_names: str | None, samples: int, model_specs: tuple[str, ...],
                      data: str, sets: tuple[str, ...], seed: int, reexplain_samples: int, out: str,
+                     dataset_spec: str | None, attributions: str | None, target: str, chunk: int, device: str,
                      progress: bool | None) -> None:
-    """Score methods x metrics on the same model and inputs; write a table and curve plots."""
+    """Score methods x metrics on the same model and inputs; write a table and curve plots.
+
+    With --dataset: every sample of a dataset, chunk by chunk (see 'salfw explain')."""
+    if dataset_spec is not None or attributions is not None:
+        evaluate_on_dataset(method_names, metric_names, model_specs, dataset_spec, attributions, sets, seed,
+                            target, chunk, device, out, progress)
+        return
     from salfw.evaluation.harness import load_data, run_comparison, write_comparison
 
     methods = _names(method_names, registered_methods(), "method(s)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .context import Context
-from .contracts import Composite, Method, Metric, ModelExplainer, Perturbation, PropagationRule
+from .contracts import Composite, Dataset, Method, Metric, ModelExplainer, Perturbation, PropagationRule
 from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
 from .explanation import Explanation
 from .guard import preserved
@@ -60,6 +60,11 @@ def reload_plugins() -> None:
     ``SALFW_PLUGINS``/``SALFW_DISABLE_PLUGINS`` variables) again, e.g. after installing a
     plugin package into a running notebook. Classes added with :func:`register` are forgotten too."""
     reset_registry()
+
+
+def datasets() -> dict[str, type[Dataset]]:
+    """Registered dataset schemes (``mnist``, ``folder``, ``npy``, ...): name -> class."""
+    return {k: e.obj for k, e in sorted(get_registry().table("dataset").items())}
 
 
 def component_params(kind: str, name: str) -> type:
@@ -117,6 +122,29 @@ def load_model(spec: str) -> Model:
     return loader.load(rest)
 
 
+def load_dataset(spec: str, model: Model | None = None) -> Dataset:
+    """Open a dataset from ``name:location?key=value&...`` (``mnist:DIR?start=0&stop=1000``,
+    ``folder:DIR``, ``npy:FILE?labels=FILE``; ``salfw list datasets``) for ``model``'s inputs
+    (its input shape and range). The query's keys are the dataset's declared parameters."""
+    from urllib.parse import parse_qsl
+
+    names = ", ".join(sorted(get_registry().table("dataset"))) or "none registered"
+    if not isinstance(spec, str) or ":" not in spec:
+        raise InputError(f"a dataset spec looks like 'name:location?key=value' (names: {names}), got {spec!r}")
+    name, rest = spec.split(":", 1)
+    location, _, query = rest.partition("?")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if query else []
+    except ValueError:
+        raise InputError(f"dataset spec {spec!r}: the part after '?' must be key=value pairs joined by '&'") from None
+    repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
+    if repeated:
+        raise InputError(f"dataset spec {spec!r} gives {', '.join(repeated)} more than once")
+    cls = get_registry().get("dataset", name)
+    params = parse_params(cls.Params, dict(pairs), owner=f"dataset '{name}'", resolve=component_params)
+    return cls(location, params, model)
+
+
 # -- validation -------------------------------------------------------------------
 def as_batch(model: Model, x: Any) -> torch.Tensor:
     """Check and convert a user batch to a float tensor on the model's device."""
@@ -147,6 +175,13 @@ def as_batch(model: Model, x: Any) -> torch.Tensor:
     return x.detach().to(device=model.device, dtype=dtype).clone()
 
 
+def check_seed(seed: Any) -> None:
+    """A seed is an int in 0..2**63 - 1, what every generator salfw seeds accepts (torch, NumPy,
+    scikit-image's C long)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2 ** 63:
+        raise ParameterError(f"seed must be an int in 0..{2 ** 63 - 1} (a non-negative int64), got {seed!r}")
+
+
 def as_targets(target: Any, n: int, num_classes: int | None, predicted: torch.Tensor) -> torch.Tensor:
     """``None`` -> predicted classes; an int -> that class for all; a sequence -> one per sample."""
     if target is None:
@@ -154,6 +189,9 @@ def as_targets(target: Any, n: int, num_classes: int | None, predicted: torch.Te
     if isinstance(target, (bool, np.bool_)):
         raise TargetError(f"target must be an int class index or a sequence of them, got {target!r}")
     if isinstance(target, (int, np.integer)):
+        if not -2 ** 63 <= int(target) < 2 ** 63:
+            classes = f": the model has {num_classes} classes (0..{num_classes - 1})" if num_classes else ""
+            raise TargetError(f"target {target} out of range{classes}")
         t = torch.full((n,), int(target), dtype=torch.long)
     else:
         try:
@@ -198,8 +236,7 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
     if not isinstance(model, Model):
         raise ModelError(f"model must be a salfw.WhiteBox or salfw.BlackBox, got {type(model).__name__}; "
                          f"wrap a torch.nn.Module in salfw.WhiteBox and a callable in salfw.BlackBox")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ParameterError(f"seed must be an int, got {seed!r}")
+    check_seed(seed)
     instance.check_model(model)
     batch = as_batch(model, x)
     kind = "image" if batch.dim() == 4 else "vector"
@@ -250,6 +287,19 @@ def _check_output(name: str, a: Any, x: torch.Tensor) -> None:
     if not ok:
         raise TypeError(f"method '{name}' returned attributions of shape {tuple(a.shape)} for inputs "
                         f"of shape {tuple(x.shape)}")  # a plugin bug, not a user error
+    bad = _nonfinite_samples(a)
+    if bad:
+        raise ModelError(f"method '{name}' returned NaN or infinite attributions for {bad}: a numerical "
+                         f"failure of the method on this model and input")
+
+
+def _nonfinite_samples(a: torch.Tensor) -> str | None:
+    """'sample(s) 1, 4 (2 of 8)' for the samples whose map holds NaN or inf, None when all are finite."""
+    if not a.is_floating_point() or bool(torch.isfinite(a).all()):
+        return None
+    rows = (~torch.isfinite(a.detach()).flatten(1).all(dim=1)).nonzero()[:, 0].tolist()
+    listed = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+    return f"sample(s) {listed} ({len(rows)} of {a.shape[0]})"
 
 
 # -- evaluate ---------------------------------------------------------------------
@@ -275,6 +325,7 @@ def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | 
                   **params: Any) -> tuple[torch.Tensor, dict]:
     """Like :func:`evaluate`, also returning the metric's extras (curves, baselines)."""
     instance = make_metric(metric, **params)
+    check_seed(seed)
     if not isinstance(model, Model):
         raise ModelError(f"model must be a salfw.WhiteBox or salfw.BlackBox, got {type(model).__name__}")
     if "white-box" in instance.needs and not isinstance(model, WhiteBox):
@@ -296,6 +347,9 @@ def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | 
     if mask is not None:
         context["mask"] = mask
     attributions = attributions.to(device=batch.device, dtype=batch.dtype)
+    bad = _nonfinite_samples(attributions)
+    if bad:
+        raise InputError(f"the attributions hold NaN or infinite values for {bad}; metrics score finite maps")
     module = model.module if isinstance(model, WhiteBox) else None
     with preserved(module):
         if target is None or model.num_classes is None:

@@ -194,3 +194,38 @@ class Composite:
 
     def rules(self, layers: list[Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+
+class Dataset:
+    """A dataset named by a spec ``<name>:<location>?key=value&...`` (``mnist:DIR?stop=1000``),
+    read in batches so that it never has to fit in memory.
+
+    ``__init__`` receives the location, the validated ``Params`` (the query's keys) and the
+    model the inputs are for (its ``input_shape`` and ``input_range``; None where the dataset
+    needs neither). ``len(dataset)`` is the number of samples; ``read(start, stop)`` returns
+    samples ``start..stop-1`` as ``(x, labels)``: ``x`` a float tensor batch in the model's
+    input range, ``labels`` an int64 tensor of class indices or None when the data has none.
+    ``names()`` gives per-sample names (file paths) where the samples have them.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+    params = DeclaredParams()
+
+    def __init__(self, location: str, params: Any, model: Model | None = None):
+        self.location = location
+        self.params = params
+        self.model = model
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def names(self) -> list[str] | None:
+        return None
+
+    def close(self) -> None:
+        """Release open files (called when a run is over)."""

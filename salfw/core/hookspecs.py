@@ -45,6 +45,11 @@ def salfw_register_composites(register):
 
 
 @hookspec
+def salfw_register_datasets(register):
+    """Call ``register(DatasetClass)`` for each dataset scheme (``mnist:``, ``folder:``, ``npy:`` ...)."""
+
+
+@hookspec
 def salfw_register_commands(cli):
     """Add click commands to salfw's command line: ``cli.add_command(command)`` or the
     ``@cli.command()`` decorator, as on a ``click.Group``."""

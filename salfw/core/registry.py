@@ -2,10 +2,21 @@
 
 salfw's built-in families are entry points in its own pyproject, loaded exactly
 like a third party's. Loading is lazy (on the first lookup) and isolated: a
-plugin whose import or registration raises is recorded as failed, its partial
-registrations are rolled back, and the rest keep working. Two plugins
-registering the same name is a :class:`PluginError` naming both (the second
-one is recorded as failed).
+plugin whose import or registration raises (any exception, ``sys.exit()`` and
+other ``BaseException`` subclasses included; only ``KeyboardInterrupt`` goes through) is
+recorded as failed, its partial registrations are rolled back, and the rest keep
+working.
+
+Precedence: salfw's own entry points (distribution ``salfw``) load first, then the
+others by entry-point name. Two plugins registering the same name is a
+:class:`PluginError` naming both, and the one loaded second is recorded as failed,
+so a third party reusing a built-in name is the one refused, whatever its entry
+point is called. The only override is disabling the built-in's entry point
+(``SALFW_DISABLE_PLUGINS=gradient``); a third-party entry point named like a
+built-in one is refused too (entry-point names are what the environment
+variables name). A hook implementation that matches no hook specification (a
+misspelling such as ``salfw_register_method``; pluggy's ``check_pending``) fails
+its plugin: a half-registered plugin would otherwise be silently incomplete.
 
 Environment:
   ``SALFW_PLUGINS=a,b``          load only these entry points (an allow-list).
@@ -16,6 +27,7 @@ Environment:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.metadata
 import os
 import types
@@ -28,6 +40,7 @@ from . import hookspecs
 from .contracts import (
     NAME_PATTERN,
     Composite,
+    Dataset,
     Method,
     Metric,
     ModelExplainer,
@@ -50,6 +63,7 @@ TYPES: dict[str, tuple[str, type, str]] = {
     "model-explainer": ("salfw_register_model_explainers", ModelExplainer, "name"),
     "rule": ("salfw_register_rules", PropagationRule, "name"),
     "composite": ("salfw_register_composites", Composite, "name"),
+    "dataset": ("salfw_register_datasets", Dataset, "name"),
 }
 #: CLI subcommands: the hook receives a ``cli`` object that collects click commands.
 COMMAND_HOOK = "salfw_register_commands"
@@ -96,7 +110,7 @@ def _check_class(kind: str, obj: Any, base: type, key: str) -> str:
 
 
 class Registry:
-    def __init__(self):
+    def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.entries: dict[str, dict[str, Entry]] = {kind: {} for kind in (*TYPES, "command")}
@@ -114,23 +128,36 @@ class Registry:
         disable = os.environ.get("SALFW_DISABLE_PLUGINS", "").strip()
         only_own = disable.lower() in ("1", "true", "yes", "all")
         skip = set() if only_own else (_names_from_env("SALFW_DISABLE_PLUGINS") or set())
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dist = ep.dist.name if ep.dist is not None else None
-            version = ep.dist.version if ep.dist is not None else None
-            if ep.name in self.plugins:
-                continue  # the same entry point seen twice (e.g. an editable install on the path)
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(found, key=lambda e: (_distribution(e)[0] != OWN_DISTRIBUTION, e.name)):
+            dist, version = _distribution(ep)
+            key, taken = ep.name, self.plugins.get(ep.name)
+            if taken is not None:
+                if taken.distribution == dist:
+                    continue  # the same entry point seen twice (e.g. an editable install on the path)
+                key = f"{dist}:{ep.name}"  # another distribution's entry point of the same name
+                if key in self.plugins:
+                    continue
             off = (allow is not None and ep.name not in allow) or ep.name in skip or (
                 only_own and dist != OWN_DISTRIBUTION)
             if off:
-                self.plugins[ep.name] = PluginRecord(ep.name, ep.value, dist, version, "disabled")
+                self.plugins[key] = PluginRecord(key, ep.value, dist, version, "disabled")
+                continue
+            if taken is not None:
+                self.plugins[key] = PluginRecord(
+                    key, ep.value, dist, version, "failed",
+                    f"PluginError: entry point '{ep.name}' of {dist} has the name of an entry point of "
+                    f"{_origin(taken)}, which loads first; rename it (entry-point names are unique)")
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # isolate: one broken plugin must not take the others down
-                self.plugins[ep.name] = PluginRecord(ep.name, ep.value, dist, version, "failed",
-                                                     f"{type(exc).__name__}: {exc}")
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # isolate, sys.exit() too: one broken plugin must not take the others down
+                self.plugins[key] = PluginRecord(key, ep.value, dist, version, "failed",
+                                                 f"{type(exc).__name__}: {exc}")
                 continue
-            self._register(module, ep.name, ep.value, dist, version, raise_errors=False)
+            self._register(module, key, ep.value, dist, version, raise_errors=False)
 
     def register_plugin(self, plugin: Any, name: str, distribution: str | None = None,
                         version: str | None = None) -> None:
@@ -192,6 +219,7 @@ class Registry:
             if name in self.plugins and self.plugins[name].status == "loaded":
                 raise PluginError(f"a plugin named '{name}' is already loaded")
             self.pm.register(plugin, name=name)
+            self._check_hook_names(name)
             for kind, (hook, base, key) in TYPES.items():
                 for impl in getattr(self.pm.hook, hook).get_hookimpls():
                     if impl.plugin_name == name:
@@ -199,7 +227,9 @@ class Registry:
             for impl in getattr(self.pm.hook, COMMAND_HOOK).get_hookimpls():
                 if impl.plugin_name == name:
                     impl.function(cli=CommandCollector(self._add_command(name, dist, version, added)))
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # sys.exit() in a hook too: isolated like any failure
             for kind, key in added:
                 del self.entries[kind][key]
             if self.pm.is_registered(plugin):
@@ -213,14 +243,24 @@ class Registry:
         record.provides = [f"{kind}:{key}" for kind, key in added]
         self.plugins[name] = record
 
+    def _check_hook_names(self, name: str) -> None:
+        """pluggy's ``check_pending`` for one plugin: each of its hook implementations must match
+        a hook specification (``optionalhook=True`` opts out, as in pluggy)."""
+        for hook_name, caller in vars(self.pm.hook).items():
+            if hook_name.startswith("_") or not isinstance(caller, pluggy.HookCaller) or caller.has_spec():
+                continue
+            if any(impl.plugin_name == name and not impl.optionalhook for impl in caller.get_hookimpls()):
+                close = difflib.get_close_matches(hook_name, _HOOK_NAMES, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"salfw's hooks: {', '.join(_HOOK_NAMES)}"
+                raise PluginError(f"plugin '{name}' implements '{hook_name}', which is not a salfw hook; {hint}")
+
     def _callback(self, kind: str, base: type, key: str, plugin: str, dist, version,
                   added: list) -> Callable[[type], type]:
         def register(obj: type) -> type:
             entry_name = _check_class(kind, obj, base, key)
             table = self.entries[kind]
             if entry_name in table:
-                raise PluginError(f"{kind} '{entry_name}' is registered by both plugin "
-                                  f"'{table[entry_name].plugin}' and plugin '{plugin}'")
+                raise PluginError(_clash(kind, entry_name, table[entry_name], plugin, dist, version))
             table[entry_name] = Entry(entry_name, kind, obj, plugin, dist, version)
             added.append((kind, entry_name))
             return obj
@@ -234,8 +274,7 @@ class Registry:
                 raise PluginError(f"plugin '{plugin}' must add click commands with a name, got {command!r}")
             table = self.entries["command"]
             if command.name in table:
-                raise PluginError(f"command '{command.name}' is registered by both plugin "
-                                  f"'{table[command.name].plugin}' and plugin '{plugin}'")
+                raise PluginError(_clash("command", command.name, table[command.name], plugin, dist, version))
             table[command.name] = Entry(command.name, "command", command, plugin, dist, version)
             added.append(("command", command.name))
             return command
@@ -274,6 +313,33 @@ class CommandCollector:
         def decorate(function: Callable) -> Any:
             return self._add(click.command(*args, **kwargs)(function))
         return decorate
+
+
+#: Every hook a plugin may implement (the specifications in hookspecs.py).
+_HOOK_NAMES = sorted(name for name in vars(hookspecs) if name.startswith("salfw_"))
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
+    """The name and version of the distribution declaring an entry point."""
+    return (ep.dist.name, ep.dist.version) if ep.dist is not None else (None, None)
+
+
+def _origin(record: PluginRecord | Entry) -> str:
+    """Where a plugin comes from, for messages: 'salfw 0.1.0 (built in)', a distribution, or in-process."""
+    if record.distribution is None:
+        return "in-process"
+    text = f"{record.distribution} {record.version or ''}".strip()
+    return f"{text} (built in)" if record.distribution == OWN_DISTRIBUTION else text
+
+
+def _clash(kind: str, name: str, taken: Entry, plugin: str, dist: str | None, version: str | None) -> str:
+    """Two plugins registering one name: name both, and the one override for a built-in."""
+    mine = "in-process" if dist is None else f"{dist} {version or ''}".strip()
+    text = (f"{kind} '{name}' is registered by both plugin '{taken.plugin}' and plugin '{plugin}' "
+            f"('{taken.plugin}' from {_origin(taken)}, '{plugin}' from {mine}); the one loaded first keeps it")
+    if taken.distribution == OWN_DISTRIBUTION and dist != OWN_DISTRIBUTION:
+        text += f"; to use plugin '{plugin}' for it, disable the built-in: SALFW_DISABLE_PLUGINS={taken.plugin}"
+    return text
 
 
 def _names_from_env(var: str) -> set[str] | None:
