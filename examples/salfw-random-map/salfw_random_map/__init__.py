@@ -11,7 +11,9 @@ import dataclasses
 import torch
 
 import salfw
+from salfw.core.context import Context
 from salfw.core.contracts import Method
+from salfw.core.models import Model
 from salfw.core.params import param
 
 
@@ -26,7 +28,7 @@ class RandomMap(Method):
     class Params:
         per_channel: bool = param(False, "one value per channel instead of one per pixel")
 
-    def attribute(self, model, x, targets, ctx):
+    def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
         shape = x.shape[1:] if (self.params.per_channel or x.dim() == 2) else (1, *x.shape[2:])
         # drawn once per sample shape, so a batch equals its samples one by one
         noise = torch.rand(shape, generator=ctx.generator, dtype=x.dtype).to(x.device)
