@@ -212,3 +212,141 @@ def test_visual_backprop_warns_on_biases_and_needs_relu_convs():
 
     with pytest.raises(ModelRequirementError, match="FunctionalRelu.*followed by an nn.ReLU"):
         salfw.explain("visual-backprop", salfw.WhiteBox(FunctionalRelu()), torch.rand(1, 1, 5, 5))
+
+
+# -- layers called more than once, and transformer tokens -------------------------------
+class TwiceConv(nn.Module):
+    """One conv and one ReLU module, each called twice: relu#0 after the first conv, relu#1 after the second."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv(self.relu(self.conv(x)))))
+
+
+def hand_grad_cam_of_call(net, x, target, call):
+    """Grad-CAM of the ``call``-th output of ``net.relu``, by a plain hook and autograd."""
+    outputs = []
+
+    def keep(module, inputs, output):
+        outputs.append(output)
+        return output.clone()  # the next in-place ReLU must not overwrite it
+
+    handle = net.relu.register_forward_hook(keep)
+    try:
+        x = x.clone().requires_grad_(True)
+        y = net(x)[:, target].sum()
+        (grad,) = torch.autograd.grad(y, outputs[call])
+    finally:
+        handle.remove()
+    acts = outputs[call].detach()
+    return (grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True).clamp(min=0)
+
+
+def test_a_layer_called_twice_is_chosen_by_call_index():
+    torch.manual_seed(12)
+    net = TwiceConv().double()
+    model = salfw.WhiteBox(net)
+    x = torch.rand(3, 2, 6, 7, dtype=D, generator=torch.Generator().manual_seed(13))
+    for call in (0, 1):
+        e = salfw.explain("grad-cam", model, x, target=1, layer=f"relu#{call}")
+        assert e.meta["layer"] == f"relu#{call}"
+        torch.testing.assert_close(e.meta["layer_map"], hand_grad_cam_of_call(net, x, 1, call))
+        ggc = salfw.explain("guided-grad-cam", model, x, target=1, layer=f"relu#{call}")
+        torch.testing.assert_close(ggc.meta["layer_map"], e.meta["layer_map"])
+    assert salfw.explain("grad-cam", model, x, target=1).meta["layer"] == "relu#1"  # the automatic layer
+    with pytest.raises(ModelRequirementError, match=r"'relu' \(ReLU\) is called 2 times.*relu#0, relu#1"):
+        salfw.explain("grad-cam", model, x, layer="relu")
+    with pytest.raises(ParameterError, match=r"'relu#2'.*called 2 time"):
+        salfw.explain("grad-cam-plus-plus", model, x, layer="relu#2")
+    with pytest.raises(ParameterError, match=r"whole number after '#'"):
+        salfw.explain("grad-cam", model, x, layer="relu#last")
+
+
+def test_grad_cam_on_vit_tokens_follows_pytorch_grad_cam_reshape_transform():
+    """The tokens entering the last attention (the last block's ln_1), class token dropped, on the 4x5 patch grid:
+    pytorch-grad-cam's reshape_transform, ``t[:, 1:].reshape(N, h, w, D).transpose(2, 3).transpose(1, 2)``."""
+    from salfw.plugins.attention_rollout import tiny_vit
+
+    net = tiny_vit(seed=14).double()
+    x = torch.rand(3, 1, 8, 10, dtype=D, generator=torch.Generator().manual_seed(15))
+    target = torch.tensor([0, 2, 1])
+    captured = []
+    handle = net.layers[1].ln_1.register_forward_hook(lambda m, i, o: captured.append(o))
+    try:
+        y = net(x).gather(1, target[:, None]).sum()
+        (grad,) = torch.autograd.grad(y, captured[0])
+    finally:
+        handle.remove()
+
+    def reshape_transform(t, height=4, width=5):
+        result = t[:, 1:, :].reshape(t.size(0), height, width, t.size(2))
+        return result.transpose(2, 3).transpose(1, 2)
+
+    acts, grads = reshape_transform(captured[0].detach()), reshape_transform(grad)
+    expected = (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True).clamp(min=0)
+    e = salfw.explain("grad-cam", salfw.WhiteBox(net), x, target=target)
+    assert e.meta["layer"] == "layers.1.ln_1"
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(e.meta["layer_map"], expected)
+    # the last block's output reaches the logits through its class token alone: its patch tokens have no gradient
+    output = salfw.explain("grad-cam", salfw.WhiteBox(net), x, target=target, layer="layers.1", relu=False)
+    assert output.meta["layer_map"].abs().max() == 0
+
+
+# -- VisualBackProp follows a plain chain or refuses ------------------------------------
+class SkipBlock(nn.Module):
+    """conv-ReLU-conv, the input added in place (torchvision's BasicBlock does ``out += identity``), ReLU."""
+
+    def __init__(self, reuse):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 2, 3, padding=1, bias=False), nn.Conv2d(2, 2, 3, padding=1, bias=False)
+        self.relu1 = nn.ReLU()
+        self.relu2 = self.relu1 if reuse else nn.ReLU()
+
+    def forward(self, x):
+        out = self.conv2(self.relu1(self.conv1(x)))
+        out += x
+        return self.relu2(out)
+
+
+class Concat(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.Conv2d(1, 2, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(torch.cat([self.a(x), self.b(x)], 1))
+
+
+def test_visual_backprop_refuses_networks_that_are_not_a_plain_chain():
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 2, bias=False)]
+    stem = [nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.ReLU()]
+    x = torch.rand(1, 1, 6, 6)
+    cases = [
+        (nn.Sequential(*stem, SkipBlock(reuse=True), *head), r"'2\.relu1' \(ReLU\) is called a second time"),
+        (nn.Sequential(*stem, SkipBlock(reuse=False), *head),
+         r"'2\.relu2' \(ReLU\) does not take the unchanged output of the layer before it, '2\.conv2'"),
+        (nn.Sequential(Concat(), nn.Conv2d(4, 2, 1, bias=False), nn.ReLU(), *head), r"'0\.b' \(Conv2d\)"),
+    ]
+    for net, reason in cases:
+        with pytest.raises(ModelRequirementError, match=reason + r".*plain chain|plain chain.*" + reason):
+            salfw.explain("visual-backprop", salfw.WhiteBox(net), x)
+        with pytest.raises(ModelRequirementError, match=r"'grad-cam'"):
+            salfw.explain("visual-backprop", salfw.WhiteBox(net), x)
+
+
+def test_visual_backprop_chain_ends_at_an_adaptive_head_pool():
+    """VGG's AdaptiveAvgPool2d((7, 7)) enlarges a small map: it is the head, not a layer to scale back through."""
+    net = vbp_net()
+    head = (nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(), nn.Linear(27, 2, bias=False))
+    vgg_like = nn.Sequential(*net[:5], *head).double()
+    x = torch.rand(2, 1, 7, 7, dtype=D, generator=torch.Generator().manual_seed(16))
+    ours = salfw.explain("visual-backprop", salfw.WhiteBox(vgg_like), x)
+    plain = salfw.explain("visual-backprop", salfw.WhiteBox(net), x).attributions
+    torch.testing.assert_close(ours.attributions, plain)

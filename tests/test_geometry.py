@@ -150,6 +150,40 @@ def test_non_piecewise_linear_networks_are_refused_by_name(method):
         local_plane(nn.Sequential(nn.Linear(6, 3), nn.Sigmoid()), torch.rand(2, 6))
 
 
+class Identity(nn.Module):
+    """A package's own identity placeholder (EfficientNet-Lite pads with one where no padding is needed)."""
+
+    def forward(self, input):
+        return input
+
+
+class PassThrough(nn.Module):
+    def forward(self, x):
+        """Any name: its forward returns its input."""
+        return x
+
+
+class Doubles(nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+@pytest.mark.parametrize("method", ["local-linear", "geosal"])
+def test_identity_like_modules_and_padding_are_identities(method):
+    torch.manual_seed(3)
+    conv = nn.Sequential(nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(1, 3, 2), Identity(), nn.ReLU(), PassThrough(),
+                         nn.ConstantPad2d(1, 0.5), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)).double().eval()
+    plain = nn.Sequential(*conv[:2], conv[3], *conv[5:])
+    x = torch.rand(3, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with_identities = salfw.explain(method, salfw.WhiteBox(conv), x, target=1).attributions
+    without = salfw.explain(method, salfw.WhiteBox(plain), x, target=1).attributions
+    torch.testing.assert_close(with_identities, without, rtol=0, atol=0)
+    w, b = local_plane(salfw.WhiteBox(conv), x, outputs=1)  # exact: the plane gives the network's output
+    torch.testing.assert_close((w * x).flatten(1).sum(1) + b, conv(x)[:, 1].detach())
+    with pytest.raises(salfw.ModelRequirementError, match=r"'1' \(Doubles\)"):  # not an identity: still refused
+        salfw.explain(method, salfw.WhiteBox(nn.Sequential(nn.Linear(6, 3), Doubles())), torch.rand(2, 6))
+
+
 def test_training_mode_dropout_is_refused_by_local_plane_but_explain_uses_eval_mode():
     net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).train()
     with pytest.raises(salfw.ModelRequirementError, match=r"'2' \(Dropout\).*eval"):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -93,18 +94,78 @@ def test_reused_relu_module_is_modified_at_each_call():
         torch.testing.assert_close(a, b)
 
 
-def test_functional_relu_only_is_refused_by_name():
-    class Functional(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 3), nn.Linear(3, 2)
+def relu_in_place_result_ignored(t):
+    t.relu_()  # the tensor itself must carry the rule: the call's result is not used
+    return t
 
-        def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
 
-    for method in ("guided-backprop", "deconvnet", "guided-grad-cam"):
-        with pytest.raises(ModelRequirementError, match=r"Functional.*nn\.ReLU"):
-            salfw.explain(method, salfw.WhiteBox(Functional()), torch.rand(2, 4), target=0)
+class FunctionalMLP(nn.Module):
+    """relu_mlp's layers, with the rectifiers written as functional calls (out of place and in place)."""
+
+    FORMS = {"out of place": (F.relu, torch.relu),
+             "in place": (lambda t: F.relu(t, True), relu_in_place_result_ignored),  # positional inplace
+             "mixed": (lambda t: F.relu(t, inplace=True), torch.Tensor.relu)}
+
+    def __init__(self, net, form):
+        super().__init__()
+        self.a, self.b, self.c = net[0], net[2], net[4]
+        self.first, self.second = self.FORMS[form]
+
+    def forward(self, x):
+        return self.c(self.second(self.b(self.first(self.a(x)))))
+
+
+@pytest.mark.parametrize("form", list(FunctionalMLP.FORMS))
+@pytest.mark.parametrize("method", ["guided-backprop", "deconvnet"])
+def test_functional_rectifiers_equal_the_module_version(method, form):
+    net = relu_mlp(7)
+    x = torch.rand(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+    target = torch.tensor([0, 1, 2, 0])
+    modules = salfw.explain(method, salfw.WhiteBox(net), x, target=target).attributions
+    functional = salfw.explain(method, salfw.WhiteBox(FunctionalMLP(net, form)), x, target=target).attributions
+    torch.testing.assert_close(functional, modules, rtol=0, atol=0)
+    guided, deconv = closed_forms(net, x, target)
+    torch.testing.assert_close(modules, guided if method == "guided-backprop" else deconv, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["relu6", "leaky"])
+def test_closed_form_with_relu6_and_leaky_relu(kind):
+    """Guided: relu(g)·f'(z); deconvnet: r(g) with r = relu (ReLU6) or leaky_relu (LeakyReLU), by matrix products."""
+    torch.manual_seed(11)
+    act = nn.ReLU6() if kind == "relu6" else nn.LeakyReLU(0.2)
+    l1, l2 = nn.Linear(5, 9).double(), nn.Linear(9, 3).double()
+    with torch.no_grad():
+        l1.weight.mul_(8.0)  # pre-activations on both sides of 0 and of 6
+    net = nn.Sequential(l1, act, l2)
+    x = torch.rand(6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(12))
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    z = x @ l1.weight.T + l1.bias
+    g = l2.weight[target]
+    if kind == "relu6":
+        assert ((z > 6).any() and (z < 0).any()), "the test needs clipped units on both sides"
+        derivative, rectify = ((z > 0) & (z < 6)).double(), torch.relu
+    else:
+        derivative, rectify = torch.where(z > 0, 1.0, 0.2 * torch.ones_like(z)), lambda t: F.leaky_relu(t, 0.2)
+    model = salfw.WhiteBox(net)
+    guided = salfw.explain("guided-backprop", model, x, target=target).attributions
+    deconv = salfw.explain("deconvnet", model, x, target=target).attributions
+    torch.testing.assert_close(guided, (torch.relu(g) * derivative) @ l1.weight, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(deconv, rectify(g) @ l1.weight, rtol=1e-10, atol=1e-12)
+    plain = salfw.explain("gradient", model, x, target=target).attributions
+    torch.testing.assert_close(plain, (g * derivative) @ l1.weight, rtol=1e-10, atol=1e-12)
+
+
+def test_network_without_rectifiers_is_refused_naming_the_layer_and_an_alternative():
+    silu = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(48, 2))
+    hardtanh = nn.Sequential(nn.Linear(4, 3), nn.Hardtanh(), nn.Linear(3, 2))  # saturates on both sides: no rectifier
+    cases = [(silu, torch.rand(2, 1, 4, 4), r"layer '1' \(SiLU\)"), (hardtanh, torch.rand(2, 4), "no rectifier")]
+    for net, x, where in cases:
+        for method in ("guided-backprop", "deconvnet", "guided-grad-cam"):
+            if method == "guided-grad-cam" and x.dim() == 2:
+                continue
+            with pytest.raises(ModelRequirementError, match=where + r".*assume ReLU.*'gradient'") as err:
+                salfw.explain(method, salfw.WhiteBox(net), x, target=0)
+            assert "\n" not in str(err.value)
 
 
 def test_hooks_removed_when_the_pass_raises():

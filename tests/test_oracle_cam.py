@@ -131,3 +131,26 @@ def test_grad_cam_on_every_conv_layer_of_the_small_cnn():
             theirs = LayerGradCam(net, layer).attribute(x, target=1, relu_attributions=False)
             assert_agree(ours.meta["layer_map"], theirs)
             assert_agree(ours.attributions, LayerAttribution.interpolate(theirs, x.shape[2:], "nearest"))
+
+
+def test_guided_backprop_and_deconvnet_on_torchvision_resnet18():
+    """resnet18's ReLUs are nn.ReLU modules (one, in place, called twice per block), which Captum hooks too."""
+    from tests.oracles import import_torchvision_models
+
+    torch.manual_seed(0)
+    net = import_torchvision_models().resnet18(weights=None, num_classes=10)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    net = net.to(D).eval()
+    model = salfw.WhiteBox(net)
+    x = torch.rand(2, 3, 64, 64, dtype=D, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([3, 8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Captum warns that it sets hooks
+        gb = GuidedBackprop(net).attribute(x.clone().requires_grad_(True), target=target)
+        dc = Deconvolution(net).attribute(x.clone().requires_grad_(True), target=target)
+    assert_agree(salfw.explain("guided-backprop", model, x, target=target).attributions, gb)
+    assert_agree(salfw.explain("deconvnet", model, x, target=target).attributions, dc)

@@ -31,10 +31,22 @@ layer's name. Scores ``y_c`` are the logits (before softmax), as in the papers.
   upsampled ReLU'd Grad-CAM map, as Captum's ``GuidedGradCam``.
 
 The layer is a dotted path relative to the user's module, as in
-``module.named_modules()`` (``layer="features.7"``). Without it, the last
-submodule whose output is a spatial (N, C, H, W) map with more than one
-position is found by a traced forward pass (the last convolutional block,
-the usual choice in the papers). The layer must be called once per forward.
+``module.named_modules()`` (``layer="features.7"``). A module called more
+than once per forward pass (ResNet's ``relu``, used twice in each block) is
+named with the call's index after ``#``, counting from 0:
+``layer="layer4.1.relu#1"`` is the block's second ReLU, its output; naming
+such a module without an index is refused with the calls listed. Without
+``layer``, a traced forward pass finds it (:func:`~salfw.sdk.layers.choose_layer`):
+the last submodule whose output is a spatial (N, C, H, W) map with more than
+one position (the last convolutional block, the usual choice in the papers;
+``layer4`` in a ResNet, ``features`` in VGG, MobileNet, DenseNet and
+EfficientNet). In a vision transformer, layers output tokens (N, 1 + h·w, D);
+they are read as maps (N, D, h, w) on the patch grid with the class token
+dropped, as pytorch-grad-cam's ``reshape_transform``, and the automatic layer
+is the last block's first LayerNorm (``encoder.layers.encoder_layer_<L-1>.ln_1``
+in torchvision's ``VisionTransformer``; pytorch-grad-cam's ViT example uses
+timm's ``blocks[-1].norm1``): the last block's output reaches the logits only
+through the class token, so its patch tokens' gradient is zero.
 Local explanations.
 """
 
@@ -53,11 +65,13 @@ from salfw.core.guard import calling_thread_only
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, layer, param
-from salfw.sdk.backprop import guided_relus, relu_modules
+from salfw.sdk.backprop import guided_relus
 from salfw.sdk.layers import (
     INTERPOLATIONS,
+    LayerChoice,
     captured_output,
-    last_spatial_layer,
+    choose_layer,
+    chosen_call,
     layer_activations_and_gradients,
     model_label,
     resolve_layer,
@@ -68,43 +82,29 @@ from salfw.sdk.layers import (
 GRADCAM_PLUS_PLUS_EPS = 1e-6  # pytorch-grad-cam's value
 
 
-def _layer_name(model: WhiteBox, x: torch.Tensor, layer: str | None) -> str:
-    if layer is None:
-        return last_spatial_layer(model, x)
-    resolve_layer(model, layer)
-    return layer
-
-
-def _check_spatial(name: str, acts: torch.Tensor) -> None:
-    if acts.dim() != 4:
-        raise ModelRequirementError(f"layer {name!r} has output shape {tuple(acts.shape)}; the CAM family needs "
-                                    f"a spatial (N, C, H, W) layer output")
-
-
-def activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, name: str, ctx: Context,
-                              size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The named layer's activations ``A`` and ``∂y_c/∂A`` for the batch, in chunks of ``size`` samples."""
-    pairs = [layer_activations_and_gradients(model, x[sl], targets[sl], name) for sl in ctx.batches(x.shape[0], size)]
-    acts, grads = torch.cat([a for a, _ in pairs]), torch.cat([g for _, g in pairs])
-    _check_spatial(name, acts)
-    return acts, grads
+def activations_and_gradients(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, choice: LayerChoice,
+                              ctx: Context, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen layer's activations ``A`` (as maps) and ``∂y_c/∂A`` for the batch, in chunks of ``size`` samples."""
+    pairs = [layer_activations_and_gradients(model, x[sl], targets[sl], choice)
+             for sl in ctx.batches(x.shape[0], size)]
+    return torch.cat([a for a, _ in pairs]), torch.cat([g for _, g in pairs])
 
 
 def grad_cam_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, layer: str | None, relu: bool,
                   ctx: Context, size: int) -> tuple[torch.Tensor, str]:
     """Layer-resolution Grad-CAM maps (N, 1, h, w) and the layer's name."""
-    name = _layer_name(model, x, layer)
-    acts, grads = activations_and_gradients(model, x, targets, name, ctx, size)
+    choice = choose_layer(model, x, layer)
+    acts, grads = activations_and_gradients(model, x, targets, choice, ctx, size)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     maps = (alpha * acts).sum(dim=1, keepdim=True)
-    return (maps.clamp(min=0) if relu else maps), name
+    return (maps.clamp(min=0) if relu else maps), choice.label
 
 
 def grad_cam_plus_plus_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Tensor, layer: str | None, relu: bool,
                             ctx: Context, size: int) -> tuple[torch.Tensor, str]:
     """Layer-resolution Grad-CAM++ maps (N, 1, h, w) and the layer's name."""
-    name = _layer_name(model, x, layer)
-    acts, grads = activations_and_gradients(model, x, targets, name, ctx, size)
+    choice = choose_layer(model, x, layer)
+    acts, grads = activations_and_gradients(model, x, targets, choice, ctx, size)
     g2 = grads * grads
     g3 = g2 * grads
     sum_acts = acts.sum(dim=(2, 3), keepdim=True)
@@ -112,7 +112,7 @@ def grad_cam_plus_plus_maps(model: WhiteBox, x: torch.Tensor, targets: torch.Ten
     a = torch.where(grads != 0, a, torch.zeros_like(a))
     weights = (a * grads.clamp(min=0)).sum(dim=(2, 3), keepdim=True)
     maps = (weights * acts).sum(dim=1, keepdim=True)
-    return (maps.clamp(min=0) if relu else maps), name
+    return (maps.clamp(min=0) if relu else maps), choice.label
 
 
 def _leaf(call) -> bool:
@@ -176,7 +176,8 @@ class _CamMethod(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        layer: str | None = layer(None, "dotted module path (as in named_modules()); None: the last spatial layer")
+        layer: str | None = layer(None, "dotted module path (as in named_modules()), '#k' for a module's k-th call "
+                                        "('layer4.1.relu#1'); None: the last spatial layer")
         relu: bool = param(True, "keep only positive evidence, ReLU(Σ_k w_k A^k), as in the paper")
         interpolation: str = param("bilinear", "how the layer map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
@@ -237,20 +238,16 @@ class GuidedGradCam(Method):
     kind = "additive"
     scope = "local"
     input_kinds = ("image",)
-    requires = ("conv", "relu")
+    requires = ("conv", "rectifiers (ReLU, ReLU6 or LeakyReLU; modules or functional)")
     summary = "guided backprop ⊙ upsampled Grad-CAM (Selvaraju et al. 2017, Guided Grad-CAM)"
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        layer: str | None = layer(None, "dotted module path (as in named_modules()); None: the last spatial layer")
+        layer: str | None = layer(None, "dotted module path (as in named_modules()), '#k' for a module's k-th call "
+                                        "('layer4.1.relu#1'); None: the last spatial layer")
         interpolation: str = param("bilinear", "how the Grad-CAM map is resized to the input (F.interpolate mode)",
                                    choices=INTERPOLATIONS)
         batch_size: int = batch_size(128, "samples per forward/backward pass")
-
-    def check_model(self, model: Model) -> None:
-        super().check_model(model)
-        assert isinstance(model, WhiteBox)  # the white-box check above refused any other model
-        relu_modules(model)
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -258,29 +255,26 @@ class GuidedGradCam(Method):
         (Grad-CAM), then the guided gradient at the input."""
         assert isinstance(model, WhiteBox)  # check_model refused any other model
         p = self.params
-        name = _layer_name(model, x, p.layer)
-        module = resolve_layer(model, name)
+        choice = choose_layer(model, x, p.layer)
+        module = resolve_layer(model, choice.name)
         guided, maps = [], []
         for sl in ctx.batches(x.shape[0], p.batch_size):
             chunk = x[sl].detach().requires_grad_(True)
-            with captured_output(module, name) as store, guided_relus(model) as switch, torch.enable_grad():
+            with captured_output(module, choice.label, index=choice.index) as store, guided_relus(model) as switch, \
+                    torch.enable_grad():
                 out = model.forward(chunk)
-                if len(store) != 1:
-                    raise ModelRequirementError(f"layer {name!r} ({type(module).__name__}) is called {len(store)} "
-                                                f"times per forward pass; pick a layer called once")
-                (acts,) = store
-                _check_spatial(name, acts)
+                acts = chosen_call(store, choice, module)
                 selected = out.gather(1, targets[sl, None].to(out.device)).sum()
                 switch.on = False
                 (grads,) = torch.autograd.grad(selected, acts, retain_graph=True)
                 switch.on = True
                 (guided_chunk,) = torch.autograd.grad(selected, chunk)
-            alpha = grads.mean(dim=(2, 3), keepdim=True)
-            maps.append((alpha * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0))
+            alpha = choice.as_maps(grads).mean(dim=(2, 3), keepdim=True)
+            maps.append((alpha * choice.as_maps(acts.detach())).sum(dim=1, keepdim=True).clamp(min=0))
             guided.append(guided_chunk)
         layer_map = torch.cat(maps)
         attributions = torch.cat(guided) * upsample(layer_map, x.shape[2:], p.interpolation)
-        return attributions, {"layer": name, "layer_map": layer_map}
+        return attributions, {"layer": choice.label, "layer_map": layer_map}
 
 
 @hookimpl

@@ -16,17 +16,36 @@ return ``relu(grad_output)`` and ``relu(grad_input)`` from ReLU backward
 hooks), so the two agree; max-pooling switches come from the ordinary max-pool
 gradient in both. Local explanations.
 
-Only ``nn.ReLU`` *modules* can be found: a ReLU written as ``F.relu`` or
-``torch.relu`` inside ``forward`` is invisible to module hooks and keeps its
-ordinary gradient (Captum has the same limitation). A network with no
-``nn.ReLU`` module at all is refused with a :class:`ModelRequirementError`.
+Every rectifier the forward pass calls is changed, each call on its own:
+``nn.ReLU`` modules (also one module called several times, and
+``ReLU(inplace=True)``) and functional calls inside ``forward`` (``F.relu``,
+``torch.relu``, ``x.relu_()``) alike. Beyond the papers' ReLU, the same rules
+are applied to the other rectifiers, with ``f'`` the rectifier's own
+derivative: guided backprop passes ``relu(g) · f'(x)``, deconvnet applies the
+rectifier to ``g``:
 
-How: guided backprop puts a tensor hook ``g -> relu(g)`` on each ReLU's
-output and lets the ReLU's own backward apply ``[x > 0]``; deconvnet replaces
-each ReLU's output by a function whose backward is ``relu(g)`` alone (see
-:func:`guided_relus`, :func:`deconvnet_relus`). Both work with
-``ReLU(inplace=True)`` and with a ReLU module called several times. Hooks are
-removed in a ``finally`` block even when the pass raises.
+* ReLU6 (``nn.ReLU6``, ``F.relu6``, ``F.hardtanh(x, 0, M)``; MobileNet):
+  guided ``relu(g) · [0 < x < 6]``; deconvnet ``relu(g)`` (the forward clip at
+  6 is part of the forward pass, which a deconvnet ignores);
+* LeakyReLU with slope ``a`` in [0, 1): guided ``relu(g) · (1 if x > 0 else a)``;
+  deconvnet ``leaky_relu(g, a)``.
+
+Captum's ``GuidedBackprop``/``Deconvolution`` and Zennit's rules hook
+``nn.ReLU`` modules only, so on a network of ``nn.ReLU`` modules (resnet18,
+vgg11_bn) the results agree with Captum's; functional ReLUs (DenseNet's last
+one) and ReLU6 are changed here and not there. Other activations (SiLU, GELU,
+sigmoid, PReLU, ``torch.clamp``) keep their ordinary gradient. A network whose
+forward pass calls no rectifier at all (EfficientNet's SiLU, a vision
+transformer's GELU) is refused with a :class:`ModelRequirementError` naming
+its first activation layer: both papers assume rectifiers, and ``gradient``
+or ``integrated-gradients`` apply instead.
+
+How: while the method runs, a :class:`torch.overrides.TorchFunctionMode` of
+the calling thread replaces each rectifier call by an autograd function that
+computes the same forward and the modified backward (see
+:func:`~salfw.sdk.backprop.guided_relus`, :func:`~salfw.sdk.backprop.deconvnet_relus`);
+no hook is put on the model, and the mode is left in a ``finally`` block even
+when the pass raises.
 """
 
 from __future__ import annotations
@@ -40,24 +59,19 @@ from salfw.core.contracts import Method
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size
-from salfw.sdk.backprop import RECTIFIER_RULES, relu_modules, target_gradient
+from salfw.sdk.backprop import RECTIFIER_RULES, target_gradient
 
 
 class _ModifiedReluMethod(Method):
     box = "white"
     kind = "additive"
     scope = "local"
-    requires = ("relu",)
+    requires = ("rectifiers (ReLU, ReLU6 or LeakyReLU; modules or functional)",)
     rule: str
 
     @dataclasses.dataclass(frozen=True)
     class Params:
         batch_size: int = batch_size(128, "samples per forward/backward pass")
-
-    def check_model(self, model: Model) -> None:
-        super().check_model(model)
-        assert isinstance(model, WhiteBox)  # the white-box check above refused any other model
-        relu_modules(model)
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context) -> torch.Tensor:
         assert isinstance(model, WhiteBox)  # check_model refused any other model

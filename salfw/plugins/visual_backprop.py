@@ -27,9 +27,18 @@ Choices where the paper is silent (its networks have no pooling):
   (a convolution or pool that drops border rows), the missing rows are added
   with ``output_padding`` (or zero padding / cropping where that cannot express
   it);
-* the network is read as a plain chain in the order its modules are called
-  (``nn.Sequential`` CNNs like the built-in ones); the chain ends at the
-  first layer whose output is no longer a spatial map (the global pool).
+* the network must be a plain chain, as the paper's networks are: its leaf
+  modules, in the order they are called, each called once, each taking the
+  unchanged output of the one before (``nn.Sequential`` CNNs like the
+  built-in ones and VGG). A network whose feature maps branch and merge
+  (ResNet's skip connections, DenseNet's concatenations, MobileNet's and
+  EfficientNet's residuals, a module called twice, a functional operation
+  between two layers) is refused with :class:`ModelRequirementError` naming
+  the first layer where the chain breaks: the paper defines no way through a
+  sum or a concatenation, and walking such a network as a chain would
+  silently drop the branches. ``grad-cam`` explains those networks. The
+  chain ends at the first layer whose output is no longer a spatial map, or
+  at an adaptive pool (the classifier's head).
 
 The method is designed for ReLU CNNs without biases: the GeoSal thesis runs it
 on a network of "ReLU non linearities without biases". Use the built-in
@@ -57,9 +66,11 @@ from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size
+from salfw.sdk.backprop import OTHER_ACTIVATIONS
 from salfw.sdk.layers import is_spatial, model_label, trace
 
 _POOLS = (nn.MaxPool2d, nn.AvgPool2d)
+_HEAD_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _SIZE_PRESERVING = (nn.ReLU, nn.BatchNorm2d, nn.Dropout, nn.Dropout2d, nn.Identity)
 
 
@@ -115,15 +126,21 @@ def _chain(model, calls) -> tuple[list[_Step], dict[int, torch.Tensor], dict[int
     averages: dict[int, torch.Tensor] = {}
     names: dict[int, str] = {}
     last_conv = False
+    previous = None
+    first_conv = None
     for call in calls:
         module = call.module
         if next(module.children(), None) is not None:
             continue
-        if not is_spatial(call.output):
+        if not is_spatial(call.output) or isinstance(module, _HEAD_POOLS):
             break
+        if previous is not None:
+            _check_link(model, previous, call)
+        previous = call
         if isinstance(module, nn.Conv2d):
             steps.append(_step(call.name, module, call.input.shape[2:]))
             last_conv = True
+            first_conv = first_conv or call.name
         elif isinstance(module, _POOLS):
             steps.append(_step(call.name, module, call.input.shape[2:]))
             last_conv = False
@@ -134,11 +151,33 @@ def _chain(model, calls) -> tuple[list[_Step], dict[int, torch.Tensor], dict[int
                 and call.input.shape[2:] != call.output.shape[2:]:
             raise ModelRequirementError(
                 f"visual-backprop scales maps back through Conv2d and MaxPool2d/AvgPool2d layers only; layer "
-                f"{call.name!r} ({type(module).__name__}) of {model_label(model)} changes the spatial size")
+                f"{call.name!r} ({type(module).__name__}) of {model_label(model)} changes the spatial size. Use "
+                f"'grad-cam', which reads one layer of any CNN")
     if not averages:
-        raise ModelRequirementError(f"{model_label(model)} has no nn.Conv2d layer followed by an nn.ReLU module; "
-                                    f"visual-backprop averages the feature maps of ReLU convolutional layers")
+        smooth = next(((name, type(m).__name__) for name, m in model.module.named_modules()
+                       if isinstance(m, OTHER_ACTIVATIONS)), None)
+        found = (f": its first activation, layer {smooth[0]!r} ({smooth[1]}), is not a ReLU" if smooth else
+                 f": its convolution {first_conv!r} is not followed by one" if first_conv else "")
+        raise ModelRequirementError(f"{model_label(model)} has no nn.Conv2d layer followed by an nn.ReLU module"
+                                    f"{found}; visual-backprop averages the feature maps of ReLU convolutional "
+                                    f"layers (Bojarski et al. 2017). Use 'grad-cam' on a CNN")
     return steps, averages, names
+
+
+def _check_link(model, previous, call) -> None:
+    """Refuse unless ``call`` is a first call that takes the unchanged output of ``previous`` (a plain chain)."""
+    if call.index > 0:
+        broken = "is called a second time in the forward pass (a module reused)"
+    elif call.input is not previous.output or call.input_version != previous.output_version:
+        broken = (f"does not take the unchanged output of the layer before it, {previous.name!r} "
+                  f"({type(previous.module).__name__}): a skip connection, a concatenation or a functional "
+                  f"operation sits between them")
+    else:
+        return
+    raise ModelRequirementError(
+        f"visual-backprop follows a plain chain of convolution, ReLU and pooling modules (Bojarski et al. 2017); "
+        f"in {model_label(model)} layer {call.name!r} ({type(call.module).__name__}) {broken}, so the chain "
+        f"would leave out branches of the network. Use 'grad-cam', which reads one layer of any CNN")
 
 
 def visual_backprop(model, x: torch.Tensor) -> tuple[torch.Tensor, list[str]]:

@@ -12,7 +12,11 @@ used by ``local-linear``, ``deepfool`` and ``geosal``.
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import numbers
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,7 +37,10 @@ PIECEWISE_LINEAR_LAYERS: tuple[type[nn.Module], ...] = (
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.Linear,
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
+    nn.Flatten, nn.Unflatten, nn.Identity,
+    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
+    nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+    nn.ReplicationPad3d, nn.CircularPad1d, nn.CircularPad2d, nn.CircularPad3d,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
     Preprocessing,
@@ -43,11 +50,34 @@ _TRAINING_DEPENDENT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.
                        nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+@functools.lru_cache(maxsize=256)
+def _returns_its_input(forward: Callable[..., Any]) -> bool:
+    """Whether ``forward``'s body (its docstring aside) is ``return <its first argument after self>``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(forward)))
+    except (OSError, TypeError, SyntaxError):  # no source (built in, compiled, interactive)
+        return False
+    function = tree.body[0] if tree.body else None
+    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) or len(function.args.args) < 2:
+        return False
+    body = [s for s in function.body
+            if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and isinstance(s.value.value, str))]
+    return len(body) == 1 and isinstance(body[0], ast.Return) and isinstance(body[0].value, ast.Name) \
+        and body[0].value.id == function.args.args[1].arg
+
+
+def is_identity(module: nn.Module) -> bool:
+    """An identity layer: ``nn.Identity``, a class named ``Identity`` (packages ship their own, e.g.
+    EfficientNet-Lite's padding placeholder), or any module whose ``forward`` is ``return x``."""
+    cls = type(module)
+    return isinstance(module, nn.Identity) or cls.__name__ == "Identity" or _returns_its_input(cls.forward)
+
+
 def check_piecewise_linear(module: nn.Module, method: str = "local-linear", eval_mode: bool = True) -> None:
     """Raise :class:`ModelRequirementError` naming the first layer that is not piecewise linear.
 
     Every leaf module (one without children) must be one of
-    :data:`PIECEWISE_LINEAR_LAYERS`; dropout and batch norm must be in eval mode
+    :data:`PIECEWISE_LINEAR_LAYERS` or an identity (:func:`is_identity`); dropout and batch norm must be in eval mode
     when ``eval_mode`` (``salfw.explain`` puts the network in eval mode itself, so
     its ``check_model`` passes False). Containers are
     walked, not judged: functional calls inside a custom ``forward`` (say
@@ -57,10 +87,10 @@ def check_piecewise_linear(module: nn.Module, method: str = "local-linear", eval
         if next(layer.children(), None) is not None:
             continue
         where = f"layer '{path or '<root>'}' ({type(layer).__name__})"
-        if not isinstance(layer, PIECEWISE_LINEAR_LAYERS):
+        if not isinstance(layer, PIECEWISE_LINEAR_LAYERS) and not is_identity(layer):
             raise ModelRequirementError(
-                f"'{method}' needs a piecewise-linear network (ReLU/LeakyReLU, max/avg pooling, linear, conv, "
-                f"flatten, dropout, batch norm in eval mode); {where} is not piecewise linear")
+                f"'{method}' needs a piecewise-linear network (ReLU/ReLU6/LeakyReLU, max/avg pooling, linear, conv, "
+                f"flatten, padding, identity, dropout, batch norm in eval mode); {where} is not piecewise linear")
         if eval_mode and isinstance(layer, _TRAINING_DEPENDENT) and layer.training:
             raise ModelRequirementError(
                 f"'{method}' needs {where} in eval mode (in training mode it depends on the batch); "
