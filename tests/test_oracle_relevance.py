@@ -1,8 +1,8 @@
 """Agreement with the peer libraries, float64: Zennit's rules and composites for ``lrp`` and
-``deep-taylor`` (small CNN, MLP, a residual network with batch norm, the built-in models) and
-Captum's ``DeepLift`` for ``deeplift``. Deep Taylor's z⁺ and z^B leave the bias out
-(Montavon et al. 2017): Zennit's ``ZPlus``/``ZBox`` with ``zero_params='bias'``; the ``lrp``
-rule ``z-plus-bias`` is Zennit's default ``ZPlus``."""
+``deep-taylor`` (small CNN, MLP, a residual network with batch norm, the built-in models,
+torchvision's ``resnet18`` and ``vgg11_bn``) and Captum's ``DeepLift`` for ``deeplift``. Deep
+Taylor's z⁺ and z^B leave the bias out (Montavon et al. 2017): Zennit's ``ZPlus``/``ZBox`` with
+``zero_params='bias'``; the ``lrp`` rule ``z-plus-bias`` is Zennit's default ``ZPlus``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import salfw
-from tests.oracles import import_zennit
+from tests.oracles import import_torchvision_models, import_zennit
 
 zennit = import_zennit()
 captum = pytest.importorskip("captum")
@@ -207,3 +207,70 @@ def test_deeplift_builtin_mlp_matches_captum():
         warnings.simplefilter("ignore")
         reference = DeepLift(model.network()).attribute(x, e.meta["baseline"], target=e.targets)
     torch.testing.assert_close(e.attributions, reference, rtol=1e-4, atol=1e-5)
+
+
+# -- torchvision's resnet18 and vgg11_bn ---------------------------------------------------------
+def randomise_batchnorm(net, seed):
+    """Non-trivial BatchNorm statistics and affine parameters, so that folding them matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=g) * 0.4 - 0.2)
+    return net
+
+
+def fold_batchnorm_by_hand(net):
+    """A deep copy with every BatchNorm2d folded into the Conv2d before it (in module order) and
+    replaced by an Identity: ``w' = w · γ/√(σ² + ε)``, ``b' = (b − μ) · γ/√(σ² + ε) + β``. Zennit's
+    canonizers keep each BatchNorm as ``x/√(1 + ε)`` after merging it, which is not exact."""
+    twin = copy.deepcopy(net)
+    conv = None
+    with torch.no_grad():
+        for name, m in list(twin.named_modules()):
+            if isinstance(m, nn.Conv2d):
+                conv = m
+            elif isinstance(m, nn.BatchNorm2d):
+                scale = m.weight / torch.sqrt(m.running_var + m.eps)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter((bias - m.running_mean) * scale + m.bias)
+                parent, _, child = name.rpartition(".")
+                setattr(twin.get_submodule(parent), child, nn.Identity())
+    return twin
+
+
+def narrow_vgg_classifier(net, width=64):
+    """vgg11_bn's classifier with 64 hidden units instead of 4096 (same layer types and order), so that
+    the float64 model and its folded copy stay small in CI; the features are untouched."""
+    torch.manual_seed(3)
+    net.classifier[0] = nn.Linear(net.classifier[0].in_features, width)
+    net.classifier[3] = nn.Linear(width, width)
+    net.classifier[6] = nn.Linear(width, 10)
+    return net
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg11_bn"])
+def test_lrp_epsilon_plus_matches_zennit_on_torchvision(name):
+    """``lrp`` with ``epsilon-plus`` on the unmodified network (salfw folds BatchNorm exactly) against
+    Zennit's ``EpsilonPlus`` on a hand-folded copy, to 1e-6 relative; for resnet18 Zennit's
+    ``ResNetBasicBlockCanonizer`` turns the residual ``+`` into its ``Sum`` layer (the z-rule, as
+    salfw's additions)."""
+    from zennit.torchvision import ResNetBasicBlockCanonizer
+
+    models = import_torchvision_models()
+    torch.manual_seed(0)
+    net = getattr(models, name)(weights=None, num_classes=10)
+    if name == "vgg11_bn":
+        net = narrow_vgg_classifier(net)
+    net = randomise_batchnorm(net, 1).double().eval()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ours = salfw.explain("lrp", salfw.WhiteBox(net), x, composite="epsilon-plus")
+    canonizers = [ResNetBasicBlockCanonizer()] if name == "resnet18" else None
+    reference = zennit_relevance(fold_batchnorm_by_hand(net), x, ours.targets, EpsilonPlus(canonizers=canonizers))
+    scale = reference.abs().max()
+    torch.testing.assert_close(ours.attributions / scale, reference / scale, rtol=1e-6, atol=1e-6)

@@ -260,15 +260,23 @@ def test_deeplift_baseline_tensor_and_errors():
         salfw.explain("deeplift", model, x, baseline=torch.zeros(3, 3))
 
     class Functional(nn.Module):
-        def __init__(self):
+        """A functional relu is a node of the captured graph with the rescale rule, like nn.ReLU."""
+
+        def __init__(self, last=torch.relu):
             super().__init__()
-            self.fc = nn.Linear(4, 2)
+            self.fc = nn.Linear(4, 3)
+            self.last = last
 
         def forward(self, x):
-            return torch.relu(self.fc(x))
+            return self.last(self.fc(x))
 
-    with pytest.raises(ModelRequirementError, match="functional relu"):
-        salfw.explain("deeplift", salfw.WhiteBox(Functional()), torch.rand(2, 4))
+    functional = salfw.WhiteBox(Functional().double())
+    x = torch.rand(2, 4, dtype=torch.float64)
+    e = salfw.explain("deeplift", functional, x, baseline="white")
+    delta = (functional.scores(x) - functional.scores(torch.ones_like(x))).gather(1, e.targets[:, None])[:, 0]
+    torch.testing.assert_close(e.attributions.sum(1), delta)
+    with pytest.raises(ModelRequirementError, match="no rule for the operation 'sin'"):
+        salfw.explain("deeplift", salfw.WhiteBox(Functional(torch.sin)), torch.rand(2, 4))
 
 
 @SETTINGS
@@ -361,20 +369,36 @@ def test_unsupported_layers_are_named():
     net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
     with pytest.raises(ModelRequirementError, match=r"'1' of type Tanh"):
         salfw.explain("lrp", salfw.WhiteBox(net), torch.rand(2, 4))
-    bn_first = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2))
-    with pytest.raises(ModelRequirementError, match=r"'0' \(BatchNorm1d\) does not directly follow"):
-        salfw.explain("deep-taylor", salfw.WhiteBox(bn_first), torch.rand(2, 4))
 
-    class Mul(nn.Module):
+    class Power(nn.Module):
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x):
-            return self.fc(x) * 2
+            return self.fc(x) ** 2
 
-    with pytest.raises(ModelRequirementError, match="operation 'mul'"):
-        salfw.explain("excitation-backprop", salfw.WhiteBox(Mul()), torch.rand(2, 4))
+    with pytest.raises(ModelRequirementError, match="operation 'pow'"):
+        salfw.explain("excitation-backprop", salfw.WhiteBox(Power()), torch.rand(2, 4))
+
+
+def test_batchnorm_before_a_layer_is_an_affine_layer():
+    """A BatchNorm with no Linear/Conv2d before it (DenseNet's) cannot be folded: it is the affine
+    layer y = s x + t with its own rule. LRP-ε (ε → 0) through it and a bias-free Linear layer:
+    R_j = x_j s_j w_kj (the shift t absorbs t_j w_kj)."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False)).double().eval()
+    net[0].running_mean.uniform_(-1, 1)
+    net[0].running_var.uniform_(0.5, 2)
+    nn.init.uniform_(net[0].weight, 0.5, 1.5)
+    nn.init.uniform_(net[0].bias, -0.5, 0.5)
+    x = torch.rand(3, 4, dtype=torch.float64)
+    e = salfw.explain("lrp", salfw.WhiteBox(net), x, target=1, rules="*=epsilon", epsilon=1e-13, stabilizer=1e-13)
+    bn = net[0]
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(e.attributions, (x * scale * net[1].weight[1]).detach())
+    assert [(l["layer"], l["type"], l["rule"]) for l in e.meta["layers"]] == [
+        ("0", "BatchNorm1d", "epsilon"), ("1", "Linear", "epsilon")]
 
 
 def test_rule_mapping_errors():

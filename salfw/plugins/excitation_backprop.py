@@ -7,10 +7,21 @@ target unit, each Linear/Conv2d layer passes the *marginal winning probability*
     p_j = x_j Σ_i w⁺_ji p_i / Σ_k w⁺_ki x_k
 
 to its inputs (only excitatory, positive weights; biases are ignored), ReLU
-and Dropout pass it unchanged, MaxPool2d to the winner, average pooling and
-additions in proportion to their inputs. With non-negative inputs the map is
-a probability distribution over the input (it sums to 1). The map is returned
+and Dropout pass it unchanged, MaxPool2d to the winner, average pooling,
+additions and concatenations in proportion to their inputs (the relevance
+engine's graph, :mod:`salfw.sdk.propagation.engine`). A BatchNorm that cannot
+be folded into the layer before it (DenseNet's) is a per-channel affine layer
+with the same rule: each unit has one input, so it passes its probability
+through where its scale is positive. With non-negative inputs the map is a
+probability distribution over the input (it sums to 1). The map is returned
 at the network input (the paper also reads it at an inner layer; salfw does not).
+
+The winning probabilities assume non-negative activations (ReLU networks): a
+network with another activation (SiLU, GELU, sigmoid gates), LayerNorm,
+attention, gating products, or a Linear/Conv2d layer above the input that reads
+a value no rectifier bounds below (MobileNetV2's linear bottlenecks) is
+refused, naming the layer, with ``lrp`` as the method that applies. ReLU6 is a
+rectifier: a unit saturated at 6 is a constant and passes nothing down.
 
 The contrastive variant (c-MWP) subtracts the map of the dual "non-target" unit,
 the output unit whose weights are the negated target weights: ``p(target) −
@@ -29,6 +40,7 @@ import torch
 
 from salfw.core.context import Context
 from salfw.core.contracts import Method
+from salfw.core.errors import ModelRequirementError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model
 from salfw.core.params import batch_size, param
@@ -41,7 +53,7 @@ class ExcitationBackprop(Method):
     kind = "additive"
     summary = "excitation backprop: marginal winning probabilities (Zhang et al. 2018)"
     scope = "local"
-    requires = ("Linear/Conv2d/ReLU/pooling/BatchNorm layers and additions",)
+    requires = ("a ReLU network: rectified, non-negative inputs to every Linear/Conv2d layer above the first",)
     contrastive = False
 
     @dataclasses.dataclass(frozen=True)
@@ -51,12 +63,21 @@ class ExcitationBackprop(Method):
 
     def check_model(self, model: Model) -> None:
         super().check_model(model)
-        Network(model, self.name)  # refuses an unsupported layer before anything runs
+        self._network(model, fold=False)  # refuses before anything runs
+
+    def _network(self, model: Model, fold: bool = True) -> Network:
+        net = Network(model, self.name, fold=fold)
+        violation = net.relu_network_violation(nonnegative_inputs=True)
+        if violation is not None:
+            raise ModelRequirementError(
+                f"'{self.name}' assumes non-negative activations, as in a ReLU network (Zhang et al. 2018 define "
+                f"winning probabilities over them): {violation}; use 'lrp', whose rules cover any activation")
+        return net
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         stabilizer, size = self.params.stabilizer, self.params.batch_size
-        net = Network(model, self.name)
+        net = self._network(model)
         rules = {layer.path: Excitation(stabilizer) for layer in net.layers}
         target_map, _ = propagate_batches(net, x, targets, rules, ctx, stabilizer, unit_start, size)
         if not self.contrastive or not net.layers:

@@ -9,9 +9,20 @@ import torch
 
 from salfw.core.context import Context
 from salfw.core.contracts import Method
+from salfw.core.errors import ModelRequirementError
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, param
-from salfw.sdk.propagation import Network, Rule, Settings, ZPlus, layer_sums, make_rule, propagate_batches, resolve
+from salfw.sdk.propagation import (
+    Network,
+    Rule,
+    Settings,
+    WSquare,
+    ZPlus,
+    layer_sums,
+    make_rule,
+    propagate_batches,
+    resolve,
+)
 
 
 def network_bounds(model: WhiteBox, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,7 +34,8 @@ class LRP(Method):
     """Layer-wise relevance propagation (Bach et al. 2015, "On pixel-wise explanations for non-linear
     classifier decisions by layer-wise relevance propagation").
 
-    The target's logit is the relevance at the output; each Linear/Conv2d layer
+    The target's logit is the relevance at the output; each Linear/Conv2d layer (and each
+    BatchNorm that cannot be folded, and each attention's value and output projections)
     redistributes it to its inputs by its rule (see :mod:`salfw.sdk.propagation.rules`),
     chosen by a registered composite (Zennit's definitions; default ``epsilon-plus``:
     Zennit's z⁺ with the bias in the denominator, ``z-plus-bias``, for convolutions,
@@ -33,8 +45,16 @@ class LRP(Method):
     ``z-plus-bias`` Zennit's ``ZPlus`` (the bias absorbs ``b⁺/(z⁺ + b⁺)`` of each unit's
     relevance). The z-box bounds are the model's input range mapped through its
     preprocessing. Rule constants default to Zennit's (ε = 1e-6, γ = 0.25, α = 2,
-    β = 1, stabiliser 1e-6) and keep Zennit's names. ``meta["layers"]`` gives the
-    relevance sums at each layer's output and input and what its bias absorbed
+    β = 1, stabiliser 1e-6) and keep Zennit's names. Every other step of the network's
+    graph has a fixed rule (:mod:`salfw.sdk.propagation.engine`, each with its paper): the
+    identity rule through activations (Zennit's ``Pass``; AttnLRP), ReLU6 exact on its linear
+    pieces, the z-rule through additions and pooling, slices through concatenations, gates
+    (squeeze-and-excitation, attention weights) as constants (CP-LRP), AttnLRP's LayerNorm rule;
+    so LRP runs on ResNets, VGG, MobileNet, DenseNet, EfficientNet and vision transformers.
+    ``meta["layers"]`` gives the relevance sums at each layer's output and input and what its
+    bias absorbed, and the same for every other step that absorbs relevance (a constant term
+    such as a positional embedding, LayerNorm's bias, a ReLU6 saturated at 6): the input
+    relevance plus everything absorbed is the explained logit, up to the stabilisers
     (conservation diagnostics). Local explanation.
     """
 
@@ -43,7 +63,8 @@ class LRP(Method):
     kind = "additive"
     summary = "layer-wise relevance propagation with rules and composites (Bach et al. 2015)"
     scope = "local"
-    requires = ("Linear/Conv2d/ReLU/pooling/BatchNorm layers and additions",)
+    requires = ("layers the relevance engine has rules for: Linear, Conv2d, BatchNorm, activations, pooling, "
+                "additions, concatenation, products, LayerNorm, attention",)
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -60,7 +81,7 @@ class LRP(Method):
 
     def check_model(self, model: Model) -> None:
         super().check_model(model)
-        Network(model, self.name)  # refuses an unsupported layer before anything runs
+        Network(model, self.name, fold=False)  # refuses a layer or operation without a rule, names it
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -71,6 +92,16 @@ class LRP(Method):
         rules = resolve(net.layers, p.composite, p.rules, settings)
         relevance, layers = propagate_batches(net, x, targets, rules, ctx, p.stabilizer, size=p.batch_size)
         return relevance, {"layers": layer_sums(layers), "relevance_sum": relevance.flatten(1).sum(1).tolist()}
+
+
+def relu_network(net: Network) -> Network:
+    """``net``, or the refusal where deep Taylor decomposition's assumptions fail."""
+    violation = net.relu_network_violation()
+    if violation is not None:
+        raise ModelRequirementError(
+            f"'deep-taylor' assumes a ReLU network (Montavon et al. 2017 derive the z⁺ rule for ReLU units "
+            f"with non-negative inputs): {violation}; use 'lrp', whose rules cover any activation")
+    return net
 
 
 class DeepTaylor(Method):
@@ -91,7 +122,12 @@ class DeepTaylor(Method):
     of whose inputs contributes positively (``Σ_j x_j w⁺_jk = 0``: a unit switched on by a
     positive bias alone, or an output with no positive input), whose relevance has nowhere
     to go; ``meta["layers"]`` reports the sums at each layer and what was lost
-    (``absorbed``). Local explanation.
+    (``absorbed``). A BatchNorm that cannot be folded into a layer before it (DenseNet's) gets
+    the w² rule, Montavon et al.'s rule for an unbounded input domain, which passes each of its
+    one-input units' relevance on. A ReLU6 is a rectifier (MobileNet): a unit saturated at 6 is
+    a constant and absorbs its relevance. Networks with other activations (SiLU, GELU, sigmoid
+    gates), LayerNorm, softmax or attention break the derivation's ReLU assumption and are
+    refused, naming the layer, with ``lrp`` as the method that applies. Local explanation.
     """
 
     name = "deep-taylor"
@@ -99,7 +135,7 @@ class DeepTaylor(Method):
     kind = "additive"
     summary = "deep Taylor decomposition: z+ rule, z^B/w² first layer (Montavon et al. 2017)"
     scope = "local"
-    requires = ("relu", "Linear/Conv2d/pooling/BatchNorm layers and additions")
+    requires = ("a ReLU network: rectifiers (ReLU, ReLU6) as its only activations",)
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -111,15 +147,16 @@ class DeepTaylor(Method):
 
     def check_model(self, model: Model) -> None:
         super().check_model(model)
-        Network(model, self.name)  # refuses an unsupported layer before anything runs
+        relu_network(Network(model, self.name, fold=False))  # refuses before anything runs
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> tuple[torch.Tensor, dict[str, Any]]:
         p = self.params
-        net = Network(model, self.name)
+        net = relu_network(Network(model, self.name))
         low, high = network_bounds(net.model, x)
         settings = Settings(stabilizer=p.stabilizer, low=low, high=high)
-        rules: dict[str, Rule] = {layer.path: ZPlus.from_settings(settings) for layer in net.layers}
+        rules: dict[str, Rule] = {layer.path: WSquare.from_settings(settings) if layer.kind == "affine" else
+                                  ZPlus.from_settings(settings) for layer in net.layers}
         if net.layers:
             rules[net.layers[0].path] = make_rule(p.first_rule, settings)
         meta: dict[str, Any] = {}

@@ -1,9 +1,15 @@
 """Relevance propagation for method authors: the engine, its rules and composites.
 
-* :class:`Network` (:mod:`.engine`) reads a white box's module as a graph of
-  layers (BatchNorm folded into new tensors, the module untouched) and passes
-  relevance from the output to the input, one rule per Linear/Conv2d layer;
-  :func:`propagate_batches` runs it over a batch in the method's chunks.
+* :func:`capture` (:mod:`.graph`) reads a module as a graph of steps with
+  ``torch.fx``, once per model (cached, invalidated when the module tree changes):
+  functional calls and a module called twice are steps of their own.
+* :class:`Network` (:mod:`.engine`) runs that graph (BatchNorm folded into new
+  tensors, the module untouched) and passes relevance from the output to the
+  input: the composite's rule at every Linear/Conv2d layer, an affine BatchNorm and
+  an attention's projections, and a fixed rule, with its paper, at every other
+  step (activations, additions, concatenation, gates, LayerNorm, softmax,
+  attention); :func:`propagate_batches` runs it over a batch in the method's
+  chunks. DeepLIFT runs the same graph with its own :class:`Operators`.
 * :class:`Rule` (:mod:`.rules`): how relevance moves through a Linear/Conv2d
   layer. A rule has a kebab-case ``name``, a ``summary``, a classmethod
   ``from_settings(settings)`` reading the method's numbers (:class:`Settings`)
@@ -34,15 +40,19 @@ from .composites import (
     resolve,
 )
 from .engine import (
+    PLAIN,
     SUPPORTED_LAYERS,
     LayerInfo,
+    MaxPool,
     Network,
+    Operators,
     Start,
     layer_sums,
     one_hot_start,
     propagate_batches,
     unit_start,
 )
+from .graph import Captured, Step, capture
 from .rules import (
     BUILTIN_RULES,
     AlphaBeta,
@@ -67,9 +77,10 @@ from .rules import (
 )
 
 __all__ = [
-    "BUILTIN_COMPOSITES", "BUILTIN_RULES", "SUPPORTED_LAYERS", "AlphaBeta", "AlphaTwoBetaOne", "Composite",
-    "DeepTaylorComposite", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlus", "EpsilonPlusFlat",
-    "Excitation", "Flat", "Gamma", "Layer", "LayerInfo", "Network", "Pass", "Rule", "RuleSpec", "Settings", "Start",
-    "WSquare", "WeightBias", "ZBox", "ZPlus", "ZPlusBias", "input_gradient", "layer_sums", "make_rule",
-    "modified_gradients", "one_hot_start", "parse_mapping", "propagate_batches", "resolve", "stabilize", "unit_start",
+    "BUILTIN_COMPOSITES", "BUILTIN_RULES", "PLAIN", "SUPPORTED_LAYERS", "AlphaBeta", "AlphaTwoBetaOne", "Captured",
+    "Composite", "DeepTaylorComposite", "Epsilon", "EpsilonAlpha2Beta1", "EpsilonGammaBox", "EpsilonPlus",
+    "EpsilonPlusFlat", "Excitation", "Flat", "Gamma", "Layer", "LayerInfo", "MaxPool", "Network", "Operators", "Pass",
+    "Rule", "RuleSpec", "Settings", "Start", "Step", "WSquare", "WeightBias", "ZBox", "ZPlus", "ZPlusBias", "capture",
+    "input_gradient", "layer_sums", "make_rule", "modified_gradients", "one_hot_start", "parse_mapping",
+    "propagate_batches", "resolve", "stabilize", "unit_start",
 ]

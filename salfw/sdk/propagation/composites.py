@@ -1,18 +1,26 @@
-"""Composites: which rule each Linear/Conv2d layer gets, by name or by a per-layer mapping.
+"""Composites: which rule each layer with a rule gets, by name or by a per-layer mapping.
 
+The layers with a rule are the Linear and Conv2d layers (functional ``F.linear``/``F.conv2d``
+calls with a module's parameters too), the affine layers of BatchNorms that cannot be folded
+(DenseNet's, ``kind == "affine"``) and an ``nn.MultiheadAttention``'s value and output
+projections (``<path>.in_proj``, ``<path>.out_proj``, Linear). Every "Linear" row below applies
+to the affine and attention layers too: ``epsilon-plus`` gives them the epsilon rule.
 The built-in composites but ``deep-taylor`` are Zennit 0.5's (``zennit.composites``), with
 the same definitions: their z⁺ rule is Zennit's ``ZPlus``, i.e. ``z-plus-bias``, with the
-bias in the denominator. The "first layer" is the first Linear/Conv2d in execution order
+bias in the denominator. The "first layer" is the first layer in execution order
 (``EpsilonGammaBox`` looks for the first Conv2d only, as Zennit does). ``deep-taylor`` is
 Montavon et al.'s (2017) and uses the bias-free ``z-plus`` (Zennit's
-``ZPlus(zero_params='bias')``), so it conserves relevance on biased networks too:
+``ZPlus(zero_params='bias')``), so it conserves relevance on biased networks too; an affine
+BatchNorm (its units have one input each, whose sign is not bounded) gets Montavon et al.'s
+rule for unbounded inputs, ``w-square``, which passes each unit's relevance to its input:
 
 ========================  ========================================================================
 ``epsilon-plus``          Conv2d: z-plus-bias; Linear: epsilon
 ``epsilon-plus-flat``     first Linear/Conv2d: flat; other Conv2d: z-plus-bias; Linear: epsilon
 ``epsilon-gamma-box``     first Conv2d: z-box; other Conv2d: gamma; Linear: epsilon
 ``epsilon-alpha2-beta1``  Conv2d: alpha-beta (α = 2, β = 1); Linear: epsilon
-``deep-taylor``           first Linear/Conv2d: z-box; all others: z-plus (Montavon et al. 2017)
+``deep-taylor``           first layer: z-box; affine BatchNorm: w-square; all others: z-plus
+                          (Montavon et al. 2017)
 ========================  ========================================================================
 
 A composite is a :class:`~salfw.core.contracts.Composite` subclass with a
@@ -102,7 +110,7 @@ class DeepTaylorComposite(Composite):
     summary = "first layer: z-box; all others: z-plus, bias-free and conservative (Montavon et al. 2017)"
 
     def rules(self, layers: list[LayerInfo]) -> dict[str, RuleSpec]:
-        rules: dict[str, RuleSpec] = {l.path: "z-plus" for l in layers}
+        rules: dict[str, RuleSpec] = {l.path: "w-square" if l.kind == "affine" else "z-plus" for l in layers}
         first = _first(layers)
         if first is not None:
             rules[first] = "z-box"

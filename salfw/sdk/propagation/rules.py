@@ -1,4 +1,4 @@
-"""Relevance rules for Linear and Conv2d layers.
+"""Relevance rules for Linear, Conv2d and affine (unfoldable BatchNorm) layers.
 
 Every rule follows the "modified gradient" form Zennit uses (Anders et al.,
 "Software for dataset-wide XAI", 2021): for a layer ``z = layer(x; w, b)`` the
@@ -45,10 +45,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Hashable
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from salfw.core.contracts import PropagationRule
 from salfw.core.errors import ParameterError, PluginError
@@ -78,17 +81,26 @@ class Settings:
 
 
 class Layer:
-    """A Linear or Conv2d layer seen by a rule: its parameters (the module's, or given ones such as
-    BatchNorm-folded tensors) and ``forward(x, weight, bias)``. The engine makes one per layer and
+    """A Linear, Conv2d or per-channel affine layer seen by a rule: its parameters (the module's, or
+    given ones such as BatchNorm-folded tensors) and ``forward(x, weight, bias)``. ``kind`` is
+    ``"linear"``, ``"conv"`` (from the module's type by default) or ``"affine"``: ``x ↦ w ⊙ x + b``
+    with one weight per channel (dimension 1), a BatchNorm that cannot be folded into a layer
+    before it. ``conv`` is a convolution's (stride, padding, dilation, groups), the module's by
+    default (a functional ``F.conv2d`` call gives its own). The engine makes one per layer and
     explanation, so :meth:`modified` computes each modified parameter once per explanation."""
 
-    def __init__(self, module: nn.Linear | nn.Conv2d, weight: torch.Tensor | None = None,
-                 bias: torch.Tensor | None = None):
+    def __init__(self, module: nn.Module, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 kind: str | None = None, conv: tuple[Any, Any, Any, int] | None = None):
         self.module = module
-        self.weight: torch.Tensor = module.weight if weight is None else weight
-        self.bias: torch.Tensor | None = module.bias if weight is None else bias
+        self.kind = kind or ("conv" if isinstance(module, nn.Conv2d) else "linear")
+        self.weight: torch.Tensor = cast(torch.Tensor, module.weight) if weight is None else weight
+        self.bias: torch.Tensor | None = cast("torch.Tensor | None", module.bias) if weight is None else bias
         self.forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor] = (
-            F.linear if isinstance(module, nn.Linear) else module._conv_forward)
+            _affine if self.kind == "affine" else F.linear)
+        if self.kind == "conv":
+            m = cast(nn.Conv2d, module)
+            self.conv = conv or (m.stride, m.padding, m.dilation, m.groups)
+            self.forward = partial(_convolution, arguments=self.conv)
         self._modified: dict[Hashable, WeightBias] = {}
 
     def modified(self, key: Hashable, make: Callable[[torch.Tensor], torch.Tensor]) -> WeightBias:
@@ -107,19 +119,37 @@ class Layer:
         return self.modified("negative", lambda t: t.clamp(max=0))
 
 
+def _channels(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast over ``x`` (N, C, ...)."""
+    return t.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _convolution(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 arguments: tuple[Any, Any, Any, int]) -> torch.Tensor:
+    return F.conv2d(x, weight, bias, *arguments)
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x * _channels(weight, x)
+    return out if bias is None else out + _channels(bias, x)
+
+
 def input_gradient(layer: Layer, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """``∂(layer(x; weight, ·) · grad)/∂x``: ``grad @ weight`` for Linear, the transposed convolution
-    (the kernel autograd runs for ``conv2d``) for Conv2d, without building an autograd graph."""
-    m = layer.module
-    if isinstance(m, nn.Linear):
+    """``∂(layer(x; weight, ·) · grad)/∂x``: ``grad @ weight`` for Linear, ``grad ⊙ weight`` per channel
+    for an affine layer, the transposed convolution (the kernel autograd runs for ``conv2d``) for
+    Conv2d, without building an autograd graph."""
+    if layer.kind == "linear":
         return grad @ weight
-    if isinstance(m.padding, str):  # 'same'/'valid': let autograd resolve the padding
+    if layer.kind == "affine":
+        return grad * _channels(weight, x)
+    stride, padding, dilation, groups = layer.conv
+    if isinstance(padding, str):  # 'same'/'valid': let autograd resolve the padding
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(layer.forward(xg, weight, None), xg, grad)
         return g
-    return torch.ops.aten.convolution_backward(grad, x, weight, None, m.stride, m.padding, m.dilation, False,
-                                               [0] * len(m.stride), m.groups, (True, False, False))[0]
+    return torch.ops.aten.convolution_backward(grad, x, weight, None, _pair(stride), _pair(padding), _pair(dilation),
+                                               False, [0, 0], groups, (True, False, False))[0]
 
 
 def modified_gradients(layer: Layer, inputs: list[torch.Tensor], params: list[WeightBias],
