@@ -33,12 +33,15 @@ from .core.api import (
 )
 from .core.context import Context
 from .core.errors import (
+    AssumptionWarning,
+    DegenerateWarning,
     InputError,
     ModelError,
     ModelRequirementError,
     ParameterError,
     PluginError,
     SalfwError,
+    SalfwWarning,
     TargetError,
     UnknownNameError,
 )
@@ -50,6 +53,7 @@ from .core.render import draw_grid, plot
 __version__ = "0.1.0"
 
 __all__ = [
+    "AssumptionWarning", "DegenerateWarning", "SalfwWarning",
     "BlackBox", "Context", "Explanation", "InputError", "ModelError", "ModelRequirementError", "ParameterError",
     "PluginError", "SalfwError", "TargetError", "UnknownNameError", "WhiteBox", "datasets", "draw_grid", "evaluate",
     "explain", "hookimpl", "load_dataset", "load_model", "make_method", "methods", "metrics", "model_explainers",

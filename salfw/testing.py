@@ -117,16 +117,20 @@ def _explain(name: str, check: str, *args: Any, **kwargs: Any) -> Explanation:
 
 
 def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECKS,
-                 params: dict[str, Any] | None = None) -> None:
+                 params: dict[str, Any] | None = None, model: Model | None = None,
+                 x: torch.Tensor | None = None) -> None:
     """Run the conformance checks for one method on one input kind.
 
-    Raises AssertionError on the first failure, its message starting ``"<name> (<check>): "``;
-    an exception from the method itself is reported the same way (chained as the cause).
+    ``model`` and ``x`` replace the tiny network and its random inputs (docs/architectures.md runs the
+    suite on torchvision's ResNet-18 and a vision transformer); ``x`` is needed when ``model`` has no
+    ``input_shape``. Raises AssertionError on the first failure, its message starting
+    ``"<name> (<check>): "``; an exception from the method itself is reported the same way (chained as
+    the cause).
     """
     cls = methods()[name]
     params = dict(cls.test_params if params is None else params)
-    model = _model_for(cls, kind)
-    x = sample_batch(kind, shape=model.input_shape)
+    model = _model_for(cls, kind) if model is None else model
+    x = sample_batch(kind, shape=model.input_shape) if x is None else x
     module = model.module if isinstance(model, WhiteBox) else None
     if module is not None:
         module.train()  # the guard must restore training mode too

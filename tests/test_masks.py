@@ -241,6 +241,7 @@ def test_noise_mask_meta_and_intermediate_layer():
     x = quadrant_images(2)
     e = salfw.explain("noise-mask", model, x, layer="0", iterations=4, seed=0)
     assert e.meta["layer"] == "0" and e.meta["iterations"] == [4, 4]
+    assert e.meta["converged"] == [False, False]  # stopped by the iteration cap, not the tolerance test
     mask = e.meta["mask"]
     assert e.meta["preservation"] == pytest.approx(mask.flatten(1).mean(1).tolist(), rel=1e-6)
     with torch.no_grad():
@@ -257,6 +258,7 @@ def test_noise_mask_stops_on_convergence():
     e = salfw.explain("noise-mask", model, quadrant_images(2), iterations=400, tolerance=1e-2, window=5,
                       learning_rate=0.1)
     assert all(5 < it < 400 for it in e.meta["iterations"])
+    assert e.meta["converged"] == [True, True]
 
 
 def test_masker_loss_formula():
@@ -323,8 +325,11 @@ def test_extremal_perturbation_masks_for_every_area():
     with as much again outside. (``fade``: the model reads a mean, which a blur keeps.)"""
     model = salfw.WhiteBox(Quadrant(100.0))
     areas = (0.1, 0.25, 0.5)
+    # the area weight's schedule of TorchRay (300, growing by 1.0035) and the earlier start at 0.5, as set
+    # before issue 13 made them scale with the reward: kept whole needs masks larger than their areas
     e = salfw.explain("extremal-perturbation", model, quadrant_images(2), target=0, areas=areas,
-                      iterations=40, learning_rate=0.2, variant="dual", pyramid="fade", jitter=False, combine="sum")
+                      iterations=40, learning_rate=0.2, variant="dual", pyramid="fade", jitter=False, combine="sum",
+                      area_weight=300.0, area_growth=1.0035, init=0.5)
     masks = e.meta["masks"]
     assert masks.shape == (2, 3, SIZE, SIZE)
     assert torch.allclose(e.attributions[:, 0], masks.sum(dim=1))
@@ -377,8 +382,12 @@ def test_pass_counts():
     # one forward and one backward pass per sample and iteration, and one final forward pass
     e = salfw.explain("meaningful-perturbation", model, x, target=0, iterations=3)
     assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * 4, 2 * 3)
-    # every (sample, area) mask, twice for the dual variant
+    # every (sample, area) mask, twice for the dual variant; the default area weight measures the reward's
+    # gap once per sample (the input and its fully perturbed copy)
     e = salfw.explain("extremal-perturbation", model, x, target=0, iterations=3, areas=(0.1, 0.2), variant="dual")
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * 2 * 2 * 4 + 2 * 2, 2 * 2 * 2 * 3)
+    e = salfw.explain("extremal-perturbation", model, x, target=0, iterations=3, areas=(0.1, 0.2), variant="dual",
+                      area_weight=300.0)
     assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (2 * 2 * 2 * 4, 2 * 2 * 2 * 3)
     # the clean and the noise image, each iteration and the final covered image; a layer counts like the logits
     net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

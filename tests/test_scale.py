@@ -140,6 +140,10 @@ def test_two_processes_under_torchrun_give_identical_results(data, reference, tm
     assert_same_store(tmp_path / "two-eval" / "scores.zarr", evaluation / "scores.zarr")
     assert table(tmp_path / "two-eval" / "scores.csv") == table(evaluation / "scores.csv")
     assert summary(tmp_path / "two-eval") == summary(evaluation)
+    # rank 0's refusal stops both processes with the same one-line error; neither waits for the other
+    refused = subprocess.run([*launch, "explain", *METHODS, "--dataset", spec, "--out", str(tmp_path / "two.zarr"),
+                              *SETS, "--seed", "4"], capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert refused.returncode != 0 and refused.stderr.count("error: ") == 2 and "seed:" in refused.stderr
 
 
 KILL_MIDWAY = textwrap.dedent("""

@@ -107,7 +107,12 @@ def info_command(name: str) -> None:
                 click.echo("")
                 click.echo("  " + obj.__doc__.strip().replace("\n", "\n  "))
             params = describe_params(obj.Params) if hasattr(obj, "Params") else []
-            click.echo("\nparameters (--set key=value):" if params else "\nno parameters")
+            if kind == "model-loader":
+                _loader_models(obj)
+                click.echo(f"\nspec options ({name}:...?key=value&key=value):" if params else "\nno spec options")
+            else:
+                how = f"{name}:LOCATION?key=value&..." if kind == "dataset" else "--set key=value"
+                click.echo(f"\nparameters ({how}):" if params else "\nno parameters")
             for p in params:
                 extra = f" one of {', '.join(map(str, p['choices']))}" if p["choices"] else ""
                 click.echo(f"  {p['name']:<20} {p['type']:<16} default {p['default']!r:<12} {p['help']}{extra}")
@@ -121,19 +126,28 @@ def info_command(name: str) -> None:
                            f"'{name}'; try 'salfw list methods'")
 
 
+def _loader_models(loader: Any) -> None:
+    """The models a loader names without a path (``builtin:``'s networks), for ``salfw info``."""
+    models = loader().available()
+    if models:
+        click.echo("\nmodels:")
+    for model in models:
+        click.echo(f"  {loader.scheme}:{model['name']:<24} {model.get('summary', '')}")
+
+
 @click.command("run")
 @click.argument("method")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="print the explanation's metadata as JSON")
 def run_command(method: str, model_spec: str | None, input_path: str | None, sample: int | None,
-                target: int | None, sets: tuple[str, ...], seed: int, out: str, progress: bool | None,
-                as_json: bool) -> None:
+                target: int | None, sets: tuple[str, ...], invert: bool, seed: int, out: str,
+                progress: bool | None, as_json: bool) -> None:
     """Explain one input with METHOD and write <out>/<method>.png, -overlay.png, .npy and .json.
 
     Nested settings name a component's own parameter: --set perturbation=blur --set perturbation.sigma=2.
     """
     model = model_from_spec(model_spec)
-    x = inputs_for(model, input_path, sample)
+    x = inputs_for(model, input_path, sample, invert, model_spec)
     explanation = explain(method, model, x, target=target, seed=seed, progress=progress, **parse_sets(sets))
     probabilities = model.probabilities(x if explanation.inputs is None else explanation.inputs)
     explanation.meta["predicted"] = probabilities.argmax(dim=1).tolist()

@@ -3,9 +3,10 @@ and turning user mistakes into one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 
 from salfw.core.api import as_batch, load_model
-from salfw.core.errors import InputError, ParameterError, SalfwError
+from salfw.core.errors import InputError, ParameterError, SalfwError, SalfwWarning
 from salfw.core.models import Model
+from salfw.core.ranges import range_ends
 
 DEFAULT_MODEL = "builtin:mnist-cnn"
 #: The largest image ``--input`` reads, in pixels (64 Mpx, e.g. 8192 x 8192): far above any
@@ -31,6 +33,24 @@ _DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 def notice(message: str) -> None:
     click.echo(f"notice: {message}", err=True)
+
+
+@contextlib.contextmanager
+def warnings_as_notices() -> Iterator[None]:
+    """While a command runs, show each of salfw's own warnings (:class:`SalfwWarning`: a degenerate
+    result, a guessed setting) as one ``notice:`` line on stderr; other warnings keep Python's format."""
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if issubclass(category, SalfwWarning):
+                notice(" ".join(str(message).split()))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 def parse_sets(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -89,26 +109,51 @@ def output_directory(ctx: click.Context, param: click.Parameter, value: str) -> 
 
 
 def _fit_image(img: Any, model: Model, source: str) -> torch.Tensor:
-    """A decoded picture -> (1, C, H, W) in the model's input range, resized (bilinear) to the
-    model's input size with a notice. 8-bit pictures (mode ``L`` or ``RGB``) are scaled by 1/255;
-    16-bit greyscale ones (mode ``F`` here, already divided by 65535) keep their full precision
-    and are repeated over the channels of an RGB model."""
-    from PIL import Image
-
+    """A decoded picture -> (1, C, H, W) in the model's input range. When the model declares an image
+    shape (C, H, W), a picture of another size is resized (bilinear, antialiased) so that it covers
+    H x W, its aspect ratio kept, and centre-cropped to H x W, as ImageNet models are evaluated
+    (torchvision's Resize + CenterCrop); a one-line notice says what was done, and so it does when
+    a colour picture becomes greyscale or the reverse. 8-bit pictures (mode ``L`` or ``RGB``) are
+    scaled by 1/255; 16-bit greyscale ones (mode ``F`` here, already divided by 65535) keep their
+    full precision and are repeated over the channels of an RGB model."""
     shape = expected_shape(model)
+    image_shape = shape if shape is not None and len(shape) == 3 else None
     deep = img.mode == "F"
-    channels = shape[0] if shape else (1 if img.mode in ("L", "F") else 3)
+    channels = image_shape[0] if image_shape else (1 if img.mode in ("L", "F") else 3)
+    converted = resized = ""
+    if (img.mode == "RGB") != (channels != 1):
+        converted = (f"converted it from {'colour' if img.mode == 'RGB' else 'greyscale'} to "
+                     f"{'greyscale' if channels == 1 else 'colour'} (the model takes {channels} "
+                     f"channel{'s' if channels > 1 else ''})")
     if not deep:
         img = img.convert("L" if channels == 1 else "RGB")
-    if shape and img.size != (shape[2], shape[1]):
-        notice(f"resized {source} from {img.size[0]}x{img.size[1]} to the model's {shape[2]}x{shape[1]}")
-        img = img.resize((shape[2], shape[1]), Image.Resampling.BILINEAR)
+    if image_shape and img.size != (image_shape[2], image_shape[1]):
+        img, resized = _resize_and_crop(img, image_shape[2], image_shape[1], source)
+    if resized or converted:
+        notice(f"{resized}; {converted}" if resized and converted else resized or f"{source}: {converted}")
     pixels = np.asarray(img, dtype=np.float32) / (1.0 if deep else 255.0)
     if deep and channels != 1:
         pixels = np.repeat(pixels[..., None], 3, axis=-1)
     pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)
     lo, hi = model.input_range
     return torch.from_numpy(lo + (hi - lo) * pixels)[None]
+
+
+def _resize_and_crop(img: Any, width: int, height: int, source: str) -> tuple[Any, str]:
+    """``img`` resized to cover ``width`` x ``height`` with its aspect ratio kept, then centre-cropped
+    to it; and the words saying so."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = max(width / w, height / h)
+    cover = (max(width, round(w * scale)), max(height, round(h * scale)))
+    img = img.resize(cover, Image.Resampling.BILINEAR)
+    if cover == (width, height):
+        return img, f"resized {source} from {w}x{h} to the model's {width}x{height}"
+    left, top = (cover[0] - width) // 2, (cover[1] - height) // 2
+    img = img.crop((left, top, left + width, top + height))
+    return img, (f"resized {source} from {w}x{h} to {cover[0]}x{cover[1]} (its aspect ratio kept) and "
+                 f"centre-cropped it to the model's {width}x{height}")
 
 
 def _decoded(img: Any, path: str) -> Any:
@@ -192,16 +237,51 @@ def check_fits(model: Model, x: torch.Tensor, source: str) -> None:
                          f"on the model spec (?input_shape=C,H,W or ?input_shape=D)") from None
 
 
-def inputs_for(model: Model, input_path: str | None, sample: int | None) -> torch.Tensor:
-    """The inputs ``--input`` or ``--sample`` name, checked against the model (:func:`check_fits`)."""
+def inverted(x: torch.Tensor, model: Model) -> torch.Tensor:
+    """``--invert``: ``lo + hi - x`` within the model's input range (a dark digit on white becomes a
+    light digit on black)."""
+    lo, hi = range_ends(model.input_range, x)
+    return lo + hi - x
+
+
+def trained_on_dark_backgrounds(spec: str | None) -> bool:
+    """Whether the model was trained on light strokes on a dark background: the built-in MNIST networks."""
+    return (spec or DEFAULT_MODEL).startswith("builtin:")
+
+
+def polarity_hint(x: torch.Tensor, model: Model, spec: str | None, source: str) -> None:
+    """A notice suggesting ``--invert`` when a one-channel picture for a model trained on dark
+    backgrounds (the MNIST networks) is mostly bright: its median lies in the upper half of the input
+    range, where an MNIST digit's median is the background's black."""
+    if x.dim() != 4 or x.shape[1] != 1 or not trained_on_dark_backgrounds(spec):
+        return
+    lo, hi = model.input_range
+    medians = ((x.flatten(1).median(dim=1).values - lo) / (hi - lo)).tolist()
+    bright = [m for m in medians if m > 0.5]
+    if bright:
+        notice(f"{source} looks like a dark digit on a light background (median brightness {max(bright):.2f} "
+               f"of the range), but {spec or DEFAULT_MODEL} was trained on light digits on black; "
+               f"pass --invert to flip it")
+
+
+def inputs_for(model: Model, input_path: str | None, sample: int | None, invert: bool = False,
+               spec: str | None = None) -> torch.Tensor:
+    """The inputs ``--input`` or ``--sample`` name, inverted within the input range with ``invert``
+    (``--invert``) and checked against the model (:func:`check_fits`). A bright picture for a model
+    trained on dark backgrounds (``spec``, the model's spec) gets a hint (:func:`polarity_hint`)."""
     if input_path is not None and sample is not None:
         raise ParameterError("give either --input or --sample, not both")
     if input_path is not None:
         x = load_input(input_path, model)
-        check_fits(model, x, input_path)
-        return x
-    x = load_sample(sample or 0)[0]
-    check_fits(model, x, f"sample {sample or 0}")
+        source = input_path
+    else:
+        x = load_sample(sample or 0)[0]
+        source = f"sample {sample or 0}"
+    if invert:
+        x = inverted(x, model)
+    elif input_path is not None:
+        polarity_hint(x, model, spec, Path(input_path).name)
+    check_fits(model, x, source)
     return x
 
 
@@ -212,17 +292,22 @@ def progress_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def model_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--model``, ``--input``, ``--sample``, ``--target``, ``--set``, ``--seed``, ``--out`` and
-    ``--progress/--no-progress``."""
+    """``--model``, ``--input``, ``--sample``, ``--target``, ``--set``, ``--invert``, ``--seed``,
+    ``--out`` and ``--progress/--no-progress``."""
     options = [
         click.option("--model", "model_spec", default=None,
                      help="model spec: builtin:NAME, torchscript:PATH, onnx:PATH, python:MOD:FN "
                           f"(default {DEFAULT_MODEL})"),
-        click.option("--input", "input_path", default=None, help="a PNG/JPEG image or a .npy array"),
+        click.option("--input", "input_path", default=None,
+                     help="a PNG/JPEG picture of any size (resized and centre-cropped to the model's input "
+                          "size when it is known) or a .npy array"),
         click.option("--sample", type=int, default=None, help="index of a built-in sample digit (default 0)"),
         click.option("--target", type=int, default=None, help="class to explain (default: the predicted one)"),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="a method parameter, or a nested setting such as perturbation.sigma=2; repeatable"),
+        click.option("--invert", is_flag=True,
+                     help="invert the input within the input range (dark digits on white for a model "
+                          "trained on light digits on black, such as the built-in MNIST networks)"),
         click.option("--seed", type=SEED_RANGE, default=0, show_default=True, help="seed for every random choice"),
         click.option("--out", default="salfw-out", show_default=True, callback=output_directory,
                      help="output directory (checked before any work)"),

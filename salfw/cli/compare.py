@@ -4,6 +4,7 @@ grid image (rows inputs, columns methods; see :func:`salfw.core.render.grid_figu
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,14 @@ import torch
 
 from salfw.core.api import as_batch, as_targets, explain
 from salfw.core.api import methods as registered_methods
+from salfw.core.context import Context
 from salfw.core.errors import ModelRequirementError, ParameterError
 from salfw.core.explanation import Explanation
 from salfw.core.models import Model
 from salfw.core.registry import get_registry
 from salfw.core.render import draw_grid
 
-from .common import check_fits, inputs_for, model_from_spec, model_options, parse_sets
+from .common import check_fits, inputs_for, inverted, model_from_spec, model_options, parse_sets
 
 
 def split_settings(params: dict[str, str], names: list[str]) -> dict[str, dict[str, str]]:
@@ -83,15 +85,23 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
         as_targets(target, batch.shape[0], model.num_classes, probabilities.argmax(dim=1))
     explanations: dict[str, Explanation] = {}
     errors: dict[str, str] = {}
-    for name in names:
-        try:
-            explanations[name] = explain(name, model, x, target=target, seed=seed, progress=progress,
-                                         **settings[name])
-        except Exception as exc:
-            user_mistake = isinstance(exc, ParameterError) and bool(settings[name])
-            if not skip_unfit or user_mistake:
-                raise
-            errors[name] = _failure(name, exc)
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = Context(progress=show).progress(len(names), "compare", unit="method")  # each method draws its own below
+    try:
+        for name in names:
+            if show:
+                bar.set_postfix_str(name)
+            try:
+                explanations[name] = explain(name, model, x, target=target, seed=seed, progress=show,
+                                             **settings[name])
+            except Exception as exc:
+                user_mistake = isinstance(exc, ParameterError) and bool(settings[name])
+                if not skip_unfit or user_mistake:
+                    raise
+                errors[name] = _failure(name, exc)
+            bar.update(1)
+    finally:
+        bar.close()
     if not explanations:
         raise ModelRequirementError("none of the chosen methods can explain this model: "
                                     + "; ".join(f"{k}: {v}" for k, v in errors.items()))
@@ -109,7 +119,7 @@ def compare(model: Model, x: torch.Tensor, names: list[str], out: str | Path, *,
 @model_options
 def compare_command(methods: tuple[str, ...], all_methods: bool, samples: int | None, model_spec: str | None,
                     input_path: str | None, sample: int | None, target: int | None, sets: tuple[str, ...],
-                    seed: int, out: str, progress: bool | None) -> None:
+                    invert: bool, seed: int, out: str, progress: bool | None) -> None:
     """Explain the same input(s) with METHOD... (or --all) and write <out>/compare.png.
 
     --set KEY=value goes to every chosen method declaring KEY; --set METHOD.KEY=value to METHOD
@@ -124,9 +134,10 @@ def compare_command(methods: tuple[str, ...], all_methods: bool, samples: int | 
         from salfw.zoo.samples import load_samples
 
         x = load_samples()[0][:max(1, samples)]
+        x = inverted(x, model) if invert else x
         check_fits(model, x, f"the first {len(x)} sample digit(s)")
     else:
-        x = inputs_for(model, input_path, sample)
+        x = inputs_for(model, input_path, sample, invert, model_spec)
     names = list(registered_methods()) if all_methods else list(methods)
     if all_methods:
         kind = "image" if x.dim() == 4 else "vector"

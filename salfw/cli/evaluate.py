@@ -9,7 +9,15 @@ from salfw.core.api import methods as registered_methods
 from salfw.core.api import metrics as registered_metrics
 from salfw.core.errors import ParameterError
 
-from .common import DEFAULT_MODEL, SEED_RANGE, model_from_spec, output_directory, parse_sets, progress_option
+from .common import (
+    DEFAULT_MODEL,
+    SEED_RANGE,
+    inverted,
+    model_from_spec,
+    output_directory,
+    parse_sets,
+    progress_option,
+)
 from .scale import dataset_options, evaluate_on_dataset
 
 
@@ -55,16 +63,20 @@ def _scoped(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
               help="score every sample of a dataset (mnist:DIR?start=&stop=, folder:DIR, npy:FILE): per-sample "
                    "scores in OUT/scores.csv, resumable, shared among torchrun's processes")
 @click.option("--attributions", default=None, help="with --dataset: the 'salfw explain' store whose maps to score")
+@click.option("--invert", is_flag=True,
+              help="invert the --data inputs within the models' input range (dark digits on white)")
 @dataset_options
 @progress_option
 def evaluate_command(method_names: str | None, metric_names: str | None, samples: int, model_specs: tuple[str, ...],
                      data: str, sets: tuple[str, ...], seed: int, reexplain_samples: int, out: str,
-                     dataset_spec: str | None, attributions: str | None, target: str, chunk: int, device: str,
-                     progress: bool | None) -> None:
+                     dataset_spec: str | None, attributions: str | None, invert: bool, target: str, chunk: int,
+                     device: str, progress: bool | None) -> None:
     """Score methods x metrics on the same model and inputs; write a table and curve plots.
 
     With --dataset: every sample of a dataset, chunk by chunk (see 'salfw explain')."""
     if dataset_spec is not None or attributions is not None:
+        if invert:
+            raise ParameterError("--invert applies to --data, not to --dataset or --attributions")
         evaluate_on_dataset(method_names, metric_names, model_specs, dataset_spec, attributions, sets, seed,
                             target, chunk, device, out, progress)
         return
@@ -79,6 +91,13 @@ def evaluate_command(method_names: str | None, metric_names: str | None, samples
     specs = model_specs or (DEFAULT_MODEL,)
     models = {spec.split(":", 1)[-1]: model_from_spec(spec) for spec in specs}
     x, _labels, description = load_data(data, samples)
+    if invert:
+        ranges = {model.input_range for model in models.values()}
+        if len(ranges) > 1:
+            raise ParameterError(f"--invert needs models of one input range; these have "
+                                 f"{', '.join(map(str, ranges))}")
+        x = inverted(x, next(iter(models.values())))
+        description += ", inverted"
     click.echo(f"{len(methods)} methods x {len(metrics)} metrics on {description}", err=True)
     result = run_comparison(models, methods, metrics, x, seed=seed,
                             method_params={k: v for k, v in scoped.items() if k in methods},

@@ -50,8 +50,12 @@ class RegistryGroup(click.Group):
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="salfw")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """salfw: which input features made a network decide what it decided."""
+    from .common import warnings_as_notices
+
+    ctx.with_resource(warnings_as_notices())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,11 +18,20 @@ import torch
 
 from .context import Context
 from .contracts import Composite, Dataset, Method, Metric, ModelExplainer, Perturbation, PropagationRule
-from .errors import InputError, ModelError, ParameterError, TargetError, UnknownNameError
+from .errors import (
+    DegenerateWarning,
+    InputError,
+    ModelError,
+    ModelRequirementError,
+    ParameterError,
+    TargetError,
+    UnknownNameError,
+)
 from .explanation import Explanation
 from .guard import preserved
 from .models import Model, WhiteBox
 from .params import Component, params_to_json, parse_params
+from .ranges import FeatureRange, range_ends
 from .registry import get_registry, reset_registry
 
 _Class = TypeVar("_Class", bound=type)
@@ -165,14 +175,45 @@ def as_batch(model: Model, x: Any) -> torch.Tensor:
                          f"{model.input_shape}")
     if not torch.isfinite(x).all():
         raise InputError("inputs contain NaN or infinite values")
+    if model.features is not None:
+        _check_features(model, x)
+        return x.detach().to(device=model.device, dtype=_dtype(model, x)).clone()
     lo, hi = model.input_range
     tol = 1e-6 * (hi - lo)
     if x.min() < lo - tol or x.max() > hi + tol:
         raise InputError(f"inputs span [{x.min().item():.4g}, {x.max().item():.4g}], outside the model's "
                          f"input_range ({lo:g}, {hi:g}); pass input_range=(low, high) to the adapter, or "
                          f"move normalisation into it (WhiteBox(mean=..., std=...))")
-    dtype = model.dtype if isinstance(model, WhiteBox) else x.dtype
-    return x.detach().to(device=model.device, dtype=dtype).clone()
+    return x.detach().to(device=model.device, dtype=_dtype(model, x)).clone()
+
+
+def _dtype(model: Model, x: torch.Tensor) -> torch.dtype:
+    return model.dtype if isinstance(model, WhiteBox) else x.dtype
+
+
+def _check_features(model: Model, x: torch.Tensor) -> None:
+    """Inputs for a model with per-feature ranges or feature names: vectors (N, D) of its D features,
+    each feature within its own range."""
+    what = "per-feature input_range" if isinstance(model.input_range, FeatureRange) else "feature_names"
+    if x.dim() != 2 or x.shape[1] != model.features:
+        raise InputError(f"the model's {what} describe {model.features} features, so the inputs must be "
+                         f"vectors (N, {model.features}); got shape {tuple(x.shape)}")
+    exact = x.double()
+    lo, hi = range_ends(model.input_range, exact)
+    tol = 1e-6 * (hi - lo)
+    bad = ((exact < lo - tol) | (exact > hi + tol)).any(dim=0).nonzero()[:, 0].tolist()
+    if not bad:
+        return
+
+    def end(value: Any, j: int) -> float:
+        return value[0, j].item() if isinstance(value, torch.Tensor) else value
+
+    names = model.feature_names
+    listed = "; ".join(f"{names[j] if names else f'feature {j}'} spans [{x[:, j].min().item():.4g}, "
+                       f"{x[:, j].max().item():.4g}], its range is ({end(lo, j):g}, {end(hi, j):g})"
+                       for j in bad[:5])
+    raise InputError(f"inputs lie outside the model's input_range in {len(bad)} feature(s): {listed}"
+                     f"{'; ...' if len(bad) > 5 else ''}; widen input_range=(lows, highs) on the adapter")
 
 
 def check_seed(seed: Any) -> None:
@@ -238,6 +279,10 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
                          f"wrap a torch.nn.Module in salfw.WhiteBox and a callable in salfw.BlackBox")
     check_seed(seed)
     instance.check_model(model)
+    if isinstance(model.input_range, FeatureRange) and not instance.per_feature_ranges:
+        able = ", ".join(sorted(n for n, cls in methods().items() if cls.per_feature_ranges))
+        raise ModelRequirementError(f"'{instance.name}' does not handle an input_range given per feature; "
+                                    f"methods that do: {able}")
     batch = as_batch(model, x)
     kind = "image" if batch.dim() == 4 else "vector"
     if kind not in instance.input_kinds:
@@ -262,11 +307,13 @@ def explain(method: str | Method, model: Model, x: Any, target: Any = None, seed
         seconds = time.perf_counter() - start
     attributions, extra = result if isinstance(result, tuple) else (result, {})
     _check_output(instance.name, attributions, batch)
+    if not ctx.degenerate:  # a method that said why its result is degenerate has said enough
+        _warn_if_constant(instance, attributions)
     meta = {"seconds": seconds, "forward_passes": ctx.forward_passes,
             "backward_passes": ctx.backward_passes, "seed": int(seed), **prediction, **extra}
     return Explanation(attributions=attributions.detach(), targets=targets, method=instance.name,
                        kind=instance.kind, params=params_to_json(instance.params), meta=meta,
-                       inputs=batch, input_range=model.input_range)
+                       inputs=batch, input_range=model.input_range, feature_names=model.feature_names)
 
 
 def _progress_wanted(progress: bool | None) -> bool:
@@ -291,6 +338,27 @@ def _check_output(name: str, a: Any, x: torch.Tensor) -> None:
     if bad:
         raise ModelError(f"method '{name}' returned NaN or infinite attributions for {bad}: a numerical "
                          f"failure of the method on this model and input")
+
+
+def _warn_if_constant(method: Method, a: torch.Tensor) -> None:
+    """A :class:`DegenerateWarning` naming the samples whose map is constant (it ranks no feature above
+    another), with the settings that usually fix it."""
+    flat = a.detach().flatten(1)
+    if flat.shape[1] < 2 or not flat.is_floating_point():
+        return
+    span = flat.max(dim=1).values - flat.min(dim=1).values
+    # constant: equal to float precision, or every value at rounding-noise level (a fit to a flat output)
+    constant = (span <= (1e-6 * flat.abs().max(dim=1).values).clamp(min=1e-10)).nonzero()[:, 0].tolist()
+    if not constant:
+        return
+    saturated = getattr(method.params, "output", None) == "probabilities"
+    hints = ["output='logits' (the probability may be saturated)"] if saturated else []
+    hints += ["another target (the model's score for this one may not depend on the input here)",
+              f"finer settings (salfw info {method.name} lists them)"]
+    listed = ", ".join(map(str, constant[:10])) + (", ..." if len(constant) > 10 else "")
+    warnings.warn(f"{method.name} gave a constant map for sample(s) {listed} ({len(constant)} of {a.shape[0]}): "
+                  f"it ranks no input feature above another; try {'; or '.join(hints)}", DegenerateWarning,
+                  stacklevel=3)
 
 
 def _nonfinite_samples(a: torch.Tensor) -> str | None:
@@ -330,6 +398,10 @@ def evaluate_full(metric: str, model: Model, x: Any, explanation: Explanation | 
         raise ModelError(f"model must be a salfw.WhiteBox or salfw.BlackBox, got {type(model).__name__}")
     if "white-box" in instance.needs and not isinstance(model, WhiteBox):
         raise ModelError(f"metric '{metric}' needs a salfw.WhiteBox, got a {type(model).__name__}")
+    if isinstance(model.input_range, FeatureRange) and not instance.per_feature_ranges:
+        able = ", ".join(sorted(n for n, cls in metrics().items() if cls.per_feature_ranges))
+        raise ModelRequirementError(f"metric '{metric}' does not handle an input_range given per feature; "
+                                    + (f"metrics that do: {able}" if able else "no registered metric does yet"))
     batch = as_batch(model, x)
     if isinstance(explanation, Explanation):
         attributions = explanation.attributions

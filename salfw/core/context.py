@@ -27,11 +27,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import sys
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import DegenerateWarning
 
 
 class _Silent:
@@ -55,6 +58,7 @@ class Context:
         self.description = description
         self.forward_passes = 0
         self.backward_passes = 0
+        self.degenerate = False  # set by warn_degenerate: the result was already called degenerate
         self._generator: torch.Generator | None = None
 
     # -- randomness -------------------------------------------------------------
@@ -127,6 +131,16 @@ def count(forward: int = 0, backward: int = 0) -> None:
     ctx = _ACTIVE.get()
     if ctx is not None:
         ctx.count(forward, backward)
+
+
+def warn_degenerate(message: str, stacklevel: int = 3) -> None:
+    """A :class:`~salfw.core.errors.DegenerateWarning` (a result that carries almost no information;
+    the message names the setting that fixes it), noted on the active context so that
+    :func:`salfw.explain` does not add its generic one about a constant map."""
+    ctx = _ACTIVE.get()
+    if ctx is not None:
+        ctx.degenerate = True
+    warnings.warn(message, DegenerateWarning, stacklevel=stacklevel)
 
 
 def count_backward_through(output: torch.Tensor) -> None:

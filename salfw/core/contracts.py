@@ -43,9 +43,13 @@ class Method:
     ("local", "weak global" or "strong global", in the LIME/GeoSal sense),
     ``requires`` (what the network must have, in words), ``input_kinds``
     ("image" and/or "vector"), ``random`` (whether ``seed`` matters),
-    ``test_params`` (small settings the conformance suite uses for speed) and
+    ``test_params`` (small settings the conformance suite uses for speed),
     ``test_model`` (optional: a function of the input kind returning the model
-    the conformance suite should use, for methods that need a special network).
+    the conformance suite should use, for methods that need a special network) and
+    ``per_feature_ranges`` (whether the method honours an ``input_range`` given per
+    feature, a :class:`~salfw.core.ranges.FeatureRange`: every use of the range goes
+    through the perturbations' fills or :func:`~salfw.core.ranges.range_ends`;
+    ``salfw.explain`` refuses such a model for the other methods).
     """
 
     name: ClassVar[str]
@@ -58,6 +62,7 @@ class Method:
     random: ClassVar[bool] = False
     test_params: ClassVar[dict[str, Any]] = {}
     test_model: ClassVar[Callable[[str], Model] | None] = None
+    per_feature_ranges: ClassVar[bool] = False
     Params: ClassVar[type] = NoParams
     params = DeclaredParams()
 
@@ -87,13 +92,15 @@ class Metric:
 
     ``higher_is_better`` gives the score direction (None where neither is
     better); ``needs`` lists what the metric requires ("white-box" for
-    re-explaining a changed network, "mask" for a ground-truth region).
+    re-explaining a changed network, "mask" for a ground-truth region);
+    ``per_feature_ranges`` as for :class:`Method`.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     higher_is_better: ClassVar[bool | None] = True
     needs: ClassVar[tuple[str, ...]] = ()
+    per_feature_ranges: ClassVar[bool] = False
     Params: ClassVar[type] = NoParams
     params = DeclaredParams()
 
@@ -112,7 +119,9 @@ class Perturbation:
 
     Fills live in the input's own domain (``input_range``) and random fills are
     drawn per sample shape from ``generator``, so a batch and its samples one
-    by one are perturbed alike.
+    by one are perturbed alike. For vectors ``input_range`` may be given per
+    feature (a :class:`~salfw.core.ranges.FeatureRange`): read its ends with
+    :func:`~salfw.core.ranges.range_ends`, which broadcast against ``x``.
     """
 
     name: ClassVar[str]
@@ -136,10 +145,15 @@ class Perturbation:
 
 
 class ModelLoader:
-    """Turns a model spec ``<scheme>:<rest>`` into a :class:`Model`."""
+    """Turns a model spec ``<scheme>:<rest>`` into a :class:`Model`.
+
+    ``Params`` declares the spec's options, given after ``?`` as ``key=value`` pairs joined by
+    ``&`` (``onnx:net.onnx?input_shape=3,224,224&select=logits``); ``salfw info <scheme>`` lists
+    them."""
 
     scheme: ClassVar[str]
     summary: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
 
     def load(self, rest: str) -> Model:
         raise NotImplementedError

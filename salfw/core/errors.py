@@ -1,4 +1,4 @@
-"""Typed errors. Every message names what was wrong and what is accepted.
+"""Typed errors and warnings. Every message names what was wrong and what is accepted.
 
 All derive from :class:`SalfwError`, so a caller (and the CLI) can tell a user
 mistake from a bug in salfw: the CLI prints a ``SalfwError`` as one line and
@@ -41,3 +41,18 @@ class ModelRequirementError(ModelError):
 
 class PluginError(SalfwError):
     """A plugin failed to load or registered a name another plugin already uses."""
+
+
+class SalfwWarning(UserWarning):
+    """Base of every warning salfw gives on purpose; the CLI prints each as one ``notice:`` line."""
+
+
+class DegenerateWarning(SalfwWarning):
+    """A result that carries (almost) no information, with the parameter that fixes it: too few
+    features to explain with, a constant map, a mask the optimisation did not move, or a surrogate
+    that explains nothing (R² near 0)."""
+
+
+class AssumptionWarning(SalfwWarning):
+    """A method filled in something only the user can know (training statistics, a baseline)
+    with a guess; the message names the parameter that gives it."""

@@ -2,9 +2,12 @@
 
 ``attributions`` has the input's shape ((N, C, H, W) or (N, 1, H, W) for a
 channel-free map, (N, D) for vectors). ``heatmap()`` sums over channels, the
-convention of Captum's and Zennit's visualisations. ``save()`` writes the raw
-array, a PNG heatmap, an overlay on the input and the JSON metadata. ``plot()``
-draws the maps on a matplotlib figure (``_repr_png_`` shows them in a notebook).
+convention of Captum's and Zennit's visualisations. ``as_list()`` ranks one
+sample's features (or pixels) by the size of their attribution, like lime's
+``Explanation.as_list``. ``save()`` writes the raw array, the JSON metadata and,
+for images, a PNG heatmap and an overlay on the input; for vectors, a bar chart
+of the features (named by the model's ``feature_names``). ``plot()`` draws the
+maps on a matplotlib figure (``_repr_png_`` shows them in a notebook).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .errors import InputError
 from .params import to_json
 
 if TYPE_CHECKING:
@@ -38,11 +42,35 @@ class Explanation:
     meta: dict[str, Any]
     inputs: torch.Tensor | None = None
     input_range: tuple[float, float] = (0.0, 1.0)
+    #: The model's names of the D features of vector inputs (None: features are named by index).
+    feature_names: tuple[str, ...] | None = None
 
     def heatmap(self) -> torch.Tensor:
         """(N, H, W) for images (sum over channels), (N, D) for vectors."""
         a = self.attributions
         return a.sum(dim=1) if a.dim() == 4 else a
+
+    def as_list(self, index: int = 0, top: int | None = None) -> list[tuple[Any, float]]:
+        """Sample ``index``'s features as ``(name, attribution)``, largest ``|attribution|`` first (ties
+        in input order), the ``top`` first of them (None: all); lime's ``Explanation.as_list``.
+
+        A feature is named by the model's ``feature_names``, or by its index without them. For
+        images the features are the pixels of :meth:`heatmap` (the channels summed), named by their
+        ``(row, column)``.
+        """
+        n = len(self.targets)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise InputError(f"as_list: index must be an int in 0..{n - 1} (a sample of the batch), got {index!r}")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, (int, np.integer)) or top < 1):
+            raise InputError(f"as_list: top must be a positive int or None (every feature), got {top!r}")
+        values = self.heatmap()[int(index)].detach().cpu().double()
+        flat = values.reshape(-1)
+        order = np.argsort(-flat.abs().numpy(), kind="stable")[:top]
+        if values.dim() == 2:
+            width = values.shape[1]
+            return [((int(k) // width, int(k) % width), float(flat[k])) for k in order]
+        names = self.feature_names
+        return [(names[k] if names is not None else int(k), float(flat[k])) for k in order]
 
     @property
     def signed(self) -> bool:
@@ -84,17 +112,20 @@ class Explanation:
         return figure_png(self._figure(PREVIEW_ROWS))
 
     def to_json(self) -> dict:
-        return {"method": self.method, "kind": self.kind, "params": to_json(self.params),
-                "targets": self.targets.tolist(), "shape": list(self.attributions.shape),
-                "meta": to_json(self.meta)}
+        out = {"method": self.method, "kind": self.kind, "params": to_json(self.params),
+               "targets": self.targets.tolist(), "shape": list(self.attributions.shape),
+               "meta": to_json(self.meta)}
+        return out if self.feature_names is None else {**out, "feature_names": list(self.feature_names)}
 
     def save(self, directory: str | Path, stem: str | None = None) -> list[Path]:
-        """Write ``<stem>.npy``, ``<stem>.png``, ``<stem>-overlay.png`` and ``<stem>.json``.
+        """Write ``<stem>.npy``, ``<stem>.json`` and pictures: for images ``<stem>.png`` (the heatmap)
+        and ``<stem>-overlay.png``; for vectors ``<stem>.png``, a bar chart of the features with the
+        largest attributions (:func:`salfw.core.render.bars_png`).
 
-        For a batch of more than one image the PNGs get an index suffix
+        For a batch of more than one input the PNGs get an index suffix
         (``<stem>-3.png``). Returns the written paths.
         """
-        from .render import heatmap_png, overlay_png  # matplotlib/PIL only when saving
+        from .render import bars_png, heatmap_png, overlay_png  # matplotlib/PIL only when saving
 
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
@@ -111,4 +142,8 @@ class Explanation:
                     written.append(overlay_png(self.inputs[i].detach().cpu().numpy(), hm,
                                                out / f"{stem}{suffix}-overlay.png", self.input_range,
                                                signed=self.signed))
+        elif self.attributions.dim() == 2:
+            for i in range(len(self.targets)):
+                suffix = "" if len(self.targets) == 1 else f"-{i}"
+                written.append(bars_png(self, i, out / f"{stem}{suffix}.png"))
         return written

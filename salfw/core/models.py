@@ -8,7 +8,11 @@
   (differentiable, pixel space in, logits out) and :attr:`WhiteBox.module`.
 
 Both carry ``input_range``: the domain of the raw input the user sees, which
-perturbations ("black" is ``lo``) and range checks use; its ends must be finite. Both count
+perturbations ("black" is ``lo``) and range checks use; its ends must be finite. For
+vectors (tables) it may give each feature its own range, ``input_range=(lows, highs)``
+(a :class:`~salfw.core.ranges.FeatureRange`), and ``feature_names`` names the features
+(shown by ``Explanation.as_list()`` and its bar chart); their counts must agree with each
+other and with ``input_shape``. Both count
 the samples they evaluate, and :meth:`WhiteBox.forward` every backward pass through its
 logits, into the active :class:`~salfw.core.context.Context`, so every
 explanation can say what it cost.
@@ -36,6 +40,7 @@ from torch import nn
 from .context import count, count_backward_through
 from .errors import ModelError, ParameterError
 from .preprocessing import Preprocessing
+from .ranges import FeatureRange
 
 #: ``select=``: which of a model's several outputs holds the class scores (None: the model
 #: returns one tensor).
@@ -43,16 +48,61 @@ Selector = int | str | None
 
 
 def _check_range(input_range) -> tuple[float, float]:
+    """Two finite numbers ``low < high``, or for vectors a pair of equally long sequences (one low and
+    one high per feature, each low below its high), returned as a :class:`FeatureRange`."""
     try:
-        lo, hi = (float(v) for v in input_range)
+        lo_given, hi_given = input_range
     except (TypeError, ValueError):
         raise ParameterError(f"input_range must be a pair (low, high), got {input_range!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ParameterError(f"input_range must be two finite numbers (low, high), got {input_range!r}: "
-                             f"perturbations fill with its ends and inputs are checked against it")
-    if not lo < hi:
-        raise ParameterError(f"input_range must have low < high, got {input_range!r}")
-    return lo, hi
+    if isinstance(input_range, FeatureRange):
+        return input_range
+    if np.ndim(lo_given) == 0 and np.ndim(hi_given) == 0:
+        try:
+            lo, hi = float(lo_given), float(hi_given)
+        except (TypeError, ValueError):
+            raise ParameterError(f"input_range must be a pair (low, high) of numbers, got {input_range!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ParameterError(f"input_range must be two finite numbers (low, high), got {input_range!r}: "
+                                 f"perturbations fill with its ends and inputs are checked against it")
+        if not lo < hi:
+            raise ParameterError(f"input_range must have low < high, got {input_range!r}")
+        return lo, hi
+    return _feature_range(lo_given, hi_given)
+
+
+def _feature_range(lows: Any, highs: Any) -> FeatureRange:
+    """Per-feature ends from two sequences of D numbers (lists, arrays or tensors)."""
+    accepted = ("input_range per feature must be two sequences of D numbers each, (lows, highs), "
+                "e.g. input_range=(data.min(0), data.max(0))")
+    try:
+        ends = [torch.as_tensor(np.asarray(v.detach().cpu() if isinstance(v, torch.Tensor) else v,
+                                           dtype=np.float64)) for v in (lows, highs)]
+    except (TypeError, ValueError):
+        raise ParameterError(f"{accepted}; got {lows!r} and {highs!r}") from None
+    lo, hi = ends
+    if lo.dim() != 1 or hi.shape != lo.shape or lo.numel() == 0:
+        raise ParameterError(f"{accepted}; got shapes {tuple(lo.shape)} and {tuple(hi.shape)}")
+    if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ParameterError("input_range per feature must be finite numbers: perturbations fill with its "
+                             "ends and inputs are checked against it")
+    bad = (lo >= hi).nonzero()[:, 0].tolist()
+    if bad:
+        raise ParameterError(f"input_range per feature must have low < high for every feature; not so for "
+                             f"feature(s) {', '.join(map(str, bad[:10]))}" + (", ..." if len(bad) > 10 else ""))
+    return FeatureRange(lo, hi)
+
+
+def _check_feature_names(names: Any) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise ParameterError(f"feature_names must be a sequence of strings, one per feature; got {names!r}")
+    names = tuple(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if not names or repeated:
+        raise ParameterError("feature_names must name each feature once" +
+                             (f"; repeated: {', '.join(repeated)}" if repeated else "; got none"))
+    return names
 
 
 def _check_select(select: Any) -> Selector:
@@ -159,8 +209,8 @@ class Model:
 
     box = "black"
 
-    def __init__(self, input_range: Sequence[float] = (0.0, 1.0), *, input_shape: Sequence[int] | None = None,
-                 batch_size: int = 256, select: Selector = None):
+    def __init__(self, input_range: Sequence[Any] = (0.0, 1.0), *, input_shape: Sequence[int] | None = None,
+                 batch_size: int = 256, select: Selector = None, feature_names: Sequence[str] | None = None):
         self.input_range = _check_range(input_range)
         self.select = _check_select(select)
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape is not None else None
@@ -168,6 +218,39 @@ class Model:
             raise ParameterError(f"batch_size must be a positive int, got {batch_size!r}")
         self.batch_size = int(batch_size)
         self.num_classes: int | None = None
+        self.feature_names = _check_feature_names(feature_names)
+        self._check_features()
+
+    def _check_features(self) -> None:
+        """Per-feature ranges and feature names are for vectors: their counts must agree with each
+        other and with a declared ``input_shape`` (the inputs are checked by ``salfw.explain``)."""
+        counts = {}
+        if self.features_in_range is not None:
+            counts["input_range"] = self.features_in_range
+        if self.feature_names is not None:
+            counts["feature_names"] = len(self.feature_names)
+        if not counts:
+            return
+        if self.input_shape is not None:
+            if len(self.input_shape) != 1:
+                raise ParameterError(f"{' and '.join(counts)} per feature are for vector inputs (N, D); "
+                                     f"input_shape {self.input_shape} is not a vector's")
+            counts["input_shape"] = self.input_shape[0]
+        if len(set(counts.values())) > 1:
+            raise ParameterError("the feature counts disagree: " + ", ".join(f"{k} has {v}" for k, v in counts.items()))
+
+    @property
+    def features_in_range(self) -> int | None:
+        """The feature count of a per-feature ``input_range`` (None: two numbers for every element)."""
+        r = self.input_range
+        return int(r.lows.numel()) if isinstance(r, FeatureRange) else None
+
+    @property
+    def features(self) -> int | None:
+        """The feature count that per-feature ranges or feature names give (None: neither is given)."""
+        if self.features_in_range is not None:
+            return self.features_in_range
+        return len(self.feature_names) if self.feature_names is not None else None
 
     # -- subclasses implement -------------------------------------------------
     def _scores_chunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -201,9 +284,13 @@ class Model:
         return torch.softmax(scores, dim=1)
 
     def describe(self) -> dict:
-        info = {"box": self.box, "input_range": list(self.input_range),
-                "input_shape": list(self.input_shape) if self.input_shape else None,
-                "num_classes": self.num_classes}
+        r = self.input_range
+        ends = [r.lows.tolist(), r.highs.tolist()] if isinstance(r, FeatureRange) else list(r)
+        info: dict[str, Any] = {"box": self.box, "input_range": ends,
+                                "input_shape": list(self.input_shape) if self.input_shape else None,
+                                "num_classes": self.num_classes}
+        if self.feature_names is not None:
+            info["feature_names"] = list(self.feature_names)
         return info if self.select is None else {**info, "select": self.select}
 
 
@@ -221,11 +308,12 @@ class BlackBox(Model):
     come back as a float tensor (N, K).
     """
 
-    def __init__(self, fn: Callable[[Any], Any], input_range: Sequence[float] = (0.0, 1.0), *,
+    def __init__(self, fn: Callable[[Any], Any], input_range: Sequence[Any] = (0.0, 1.0), *,
                  input_shape: Sequence[int] | None = None, layout: str = "NCHW", backend: str = "auto",
                  output: str = "auto", batch_size: int = 256, device: str | torch.device | None = None,
-                 select: Selector = None):
-        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select)
+                 select: Selector = None, feature_names: Sequence[str] | None = None):
+        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select,
+                         feature_names=feature_names)
         if not callable(fn):
             raise ParameterError(f"BlackBox needs a callable from a batch to scores, got {type(fn).__name__}")
         for name, value, accepted in (("layout", layout, ("NCHW", "NHWC")),
@@ -303,12 +391,14 @@ class WhiteBox(Model):
 
     box = "white"
 
-    def __init__(self, module: nn.Module, input_range: Sequence[float] = (0.0, 1.0), *,
+    def __init__(self, module: nn.Module, input_range: Sequence[Any] = (0.0, 1.0), *,
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
                  offset: float | Sequence[float] | None = None, scale: float | Sequence[float] | None = None,
                  invert: bool = False, input_shape: Sequence[int] | None = None, batch_size: int = 256,
-                 device: str | torch.device | None = None, select: Selector = None):
-        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select)
+                 device: str | torch.device | None = None, select: Selector = None,
+                 feature_names: Sequence[str] | None = None):
+        super().__init__(input_range, input_shape=input_shape, batch_size=batch_size, select=select,
+                         feature_names=feature_names)
         if not isinstance(module, nn.Module):
             raise ModelError(f"WhiteBox needs a torch.nn.Module, got {type(module).__name__}; "
                              f"wrap plain callables in salfw.BlackBox")

@@ -100,7 +100,7 @@ def normalise(default: str = "abs-max", help: str = "how maps are scaled before 
     return param(default, help, choices=NORMALISATIONS)
 
 
-def batch_size(default: int, help: str = "inputs per forward/backward pass") -> Any:
+def batch_size(default: int | None, help: str = "inputs per forward/backward pass") -> Any:
     return param(default, help, low=1)
 
 

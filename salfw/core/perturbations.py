@@ -14,6 +14,13 @@ Each fills the region where a keep-mask is 0, in the input's own domain
 ``constant``       ``value`` (clipped to the range)
 =================  ==========================================================
 
+For vectors with an ``input_range`` given per feature (a
+:class:`~salfw.core.ranges.FeatureRange`), every fill uses each feature's own
+ends: black is each feature's low, ``U(lo, hi)`` is drawn per feature, the
+Gaussian noise scales with each feature's width. ``blur`` and ``mean`` average
+over the features of a vector, which is meaningless when they have ranges of
+their own (age and income), so they refuse such a range.
+
 They are registered as plugins (this module is the ``perturbations`` entry
 point), so a third party can add more.
 """
@@ -27,8 +34,22 @@ import torch
 import torch.nn.functional as F
 
 from .contracts import Perturbation
+from .errors import ParameterError
 from .hookspecs import hookimpl
 from .params import param
+from .ranges import FeatureRange, range_ends
+
+
+def _end(value, x: torch.Tensor) -> torch.Tensor:
+    """A range end as a fill: a 0-d tensor for a number, (1, D) per feature."""
+    return value if isinstance(value, torch.Tensor) else torch.full((), value, dtype=x.dtype, device=x.device)
+
+
+def _across_features(name: str, input_range) -> None:
+    if isinstance(input_range, FeatureRange):
+        raise ParameterError(f"the '{name}' fill averages a vector over its features, which have ranges of "
+                             f"their own here (input_range per feature); use black, white, inverse, constant, "
+                             f"uniform-noise, gaussian-noise or a baseline (e.g. the training data's mean)")
 
 
 class Black(Perturbation):
@@ -36,7 +57,7 @@ class Black(Perturbation):
     summary = "fill with the low end of the input range"
 
     def fill(self, x, input_range, generator):
-        return torch.full((), input_range[0], dtype=x.dtype, device=x.device)
+        return _end(range_ends(input_range, x)[0], x)
 
 
 class White(Perturbation):
@@ -44,7 +65,7 @@ class White(Perturbation):
     summary = "fill with the high end of the input range"
 
     def fill(self, x, input_range, generator):
-        return torch.full((), input_range[1], dtype=x.dtype, device=x.device)
+        return _end(range_ends(input_range, x)[1], x)
 
 
 class Inverse(Perturbation):
@@ -52,7 +73,8 @@ class Inverse(Perturbation):
     summary = "fill with lo + hi - x, the inverted input (GeoSal thesis)"
 
     def fill(self, x, input_range, generator):
-        return input_range[0] + input_range[1] - x
+        lo, hi = range_ends(input_range, x)
+        return lo + hi - x
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -82,6 +104,7 @@ class Blur(Perturbation):
         sigma: float = param(5.0, "blur standard deviation in pixels", low=0.0)
 
     def fill(self, x, input_range, generator):
+        _across_features(self.name, input_range)
         if x.dim() != 4:
             return x.mean(dim=tuple(range(1, x.dim())), keepdim=True).expand_as(x)
         return gaussian_blur(x, self.params.sigma)
@@ -99,7 +122,7 @@ class UniformNoise(Perturbation):
     random = True
 
     def fill(self, x, input_range, generator):
-        lo, hi = input_range
+        lo, hi = range_ends(input_range, x)
         return lo + (hi - lo) * _draw((1, *x.shape[1:]), generator, x.dtype, x.device, normal=False)
 
 
@@ -113,7 +136,7 @@ class GaussianNoise(Perturbation):
         sigma: float = param(0.2, "noise standard deviation as a fraction of the input range", low=0.0)
 
     def fill(self, x, input_range, generator):
-        lo, hi = input_range
+        lo, hi = range_ends(input_range, x)
         noise = _draw((1, *x.shape[1:]), generator, x.dtype, x.device, normal=True)
         return (x + self.params.sigma * (hi - lo) * noise).clamp(lo, hi)
 
@@ -123,6 +146,7 @@ class Mean(Perturbation):
     summary = "fill with each sample's per-channel mean"
 
     def fill(self, x, input_range, generator):
+        _across_features(self.name, input_range)
         dims = tuple(range(2, x.dim())) if x.dim() > 2 else (1,)
         return x.mean(dim=dims, keepdim=True)
 
@@ -136,8 +160,9 @@ class Constant(Perturbation):
         value: float = param(0.0, "the fill value (clipped to the input range)")
 
     def fill(self, x, input_range, generator):
-        value = min(max(self.params.value, input_range[0]), input_range[1])
-        return torch.full((), value, dtype=x.dtype, device=x.device)
+        lo, hi = range_ends(input_range, x)
+        value = torch.full((), self.params.value, dtype=x.dtype, device=x.device)
+        return torch.minimum(torch.maximum(value, _end(lo, x)), _end(hi, x))
 
 
 BUILTIN = (Black, White, Inverse, Blur, UniformNoise, GaussianNoise, Mean, Constant)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from .errors import InputError, ParameterError
+from .ranges import FeatureRange, range_ends
 
 
 def _as_vector(name: str, value: float | Sequence[float] | None, default: float) -> torch.Tensor:
@@ -43,7 +44,7 @@ class Preprocessing(nn.Module):
                  offset: float | Sequence[float] | None = None, scale: float | Sequence[float] | None = None,
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None):
         super().__init__()
-        lo, hi = input_range
+        lo, hi = (input_range.lows, input_range.highs) if isinstance(input_range, FeatureRange) else input_range
         off, sc = _as_vector("offset", offset, 0.0), _as_vector("scale", scale, 1.0)
         mu, sd = _as_vector("mean", mean, 0.0), _as_vector("std", std, 1.0)
         if (sd == 0).any() or (sc == 0).any():
@@ -116,7 +117,7 @@ class Preprocessing(nn.Module):
         With a negative factor (invert, negative scale) the bounds swap, per channel.
         """
         self._check_inputs(like)
-        lo, hi = input_range
+        lo, hi = range_ends(input_range, like)
         a, b = self._shaped(self.buffer("a"), like), self._shaped(self.buffer("b"), like)
         y_lo, y_hi = a * lo + b, a * hi + b
         return torch.minimum(y_lo, y_hi), torch.maximum(y_lo, y_hi)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .explanation import Explanation
+from .ranges import FeatureRange
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,6 +68,45 @@ def overlay_png(image: np.ndarray, hm: np.ndarray, path: Path, input_range, sign
     return _to_image(rgb, Path(path), _upscale_for(hm.shape))
 
 
+#: The most features a bar chart of a vector's attributions shows (the largest |attribution| first).
+BAR_FEATURES = 20
+
+
+def bars_png(explanation: Explanation, index: int, path: Path) -> Path:
+    """:func:`bars_figure` written to ``path`` (a PNG)."""
+    path = Path(path)
+    bars_figure(explanation, index).savefig(path, dpi=100)
+    return path
+
+
+def bars_figure(explanation: Explanation, index: int) -> Figure:
+    """Sample ``index``'s attributions of a vector as a horizontal bar chart: the :data:`BAR_FEATURES`
+    features with the largest |attribution|, largest on top (:meth:`Explanation.as_list`), red for
+    evidence for the class and blue against (as the signed heatmaps), each bar labelled with the
+    feature's name (or index) and the input's value."""
+    from matplotlib.figure import Figure
+
+    items = explanation.as_list(index, top=BAR_FEATURES)
+    total = explanation.attributions.shape[1]
+    row = None if explanation.inputs is None else to_numpy(explanation.inputs[index])
+    names = explanation.feature_names
+    labels = []
+    for name, _ in items:
+        column = names.index(name) if names is not None else name
+        labels.append(str(name) if row is None else f"{name} = {row[column]:.4g}")
+    values = [v for _, v in items][::-1]
+    fig = Figure(figsize=(6.4, 0.8 + 0.28 * len(items)))
+    ax = fig.subplots()
+    ax.barh(range(len(values)), values, color=["tab:red" if v > 0 else "tab:blue" for v in values])
+    ax.set_yticks(range(len(values)), labels[::-1], fontsize=8)
+    ax.axvline(0.0, color="black", linewidth=0.6)
+    shown = f", the {len(items)} largest of {total} features" if len(items) < total else ""
+    ax.set_title(f"{explanation.method}: class {explanation.targets[index].item()}{shown}", fontsize=9)
+    ax.set_xlabel("attribution", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 # -- figures (matplotlib.figure.Figure, never pyplot) ---------------------------------------------
 def to_numpy(values: Any) -> np.ndarray:
     """A float64 array from a tensor (any device) or an array."""
@@ -80,7 +120,8 @@ def _clean(ax: Axes) -> None:
 
 def draw_input(ax: Axes, sample: np.ndarray, input_range: tuple[float, float]) -> None:
     """One input in grey (one channel) or colour: (C, H, W), or (D,) drawn as a strip."""
-    lo, hi = input_range
+    lo, hi = (input_range.lows.numpy(), input_range.highs.numpy()) if isinstance(input_range, FeatureRange) \
+        else input_range
     picture = (np.asarray(sample, dtype=np.float64) - lo) / (hi - lo)
     if picture.ndim == 1:
         ax.imshow(picture[None], cmap="gray", vmin=0, vmax=1, aspect="auto")

@@ -23,6 +23,7 @@ only, and are skipped when the method's measured time says they would exceed ``b
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -30,7 +31,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,25 +127,23 @@ def _summary(values: torch.Tensor) -> dict:
             "sem": std / math.sqrt(n) if n > 1 else 0.0, "n": n}
 
 
-def _progress(items: list, label: str, show: bool | None):
-    import click
+@contextlib.contextmanager
+def _progress(items: list, label: str, show: bool) -> Iterator[Iterator]:
+    """Iterate over ``items`` (the (model, method) pairs) with a tqdm bar on stderr showing the current
+    one; nothing at all when ``show`` is False. Each explanation and score inside draws its own bar."""
+    bar = Context(progress=show).progress(len(items), label, unit="method")
 
-    show = sys.stderr.isatty() if show is None else show
-    if not show:
-        return _Quiet(items)
-    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True,
-                             item_show_func=lambda item: None if item is None else " ".join(map(str, item)))
+    def tracked() -> Iterator:
+        for item in items:
+            if show:
+                bar.set_postfix_str(" ".join(map(str, item)))
+            yield item
+            bar.update(1)
 
-
-class _Quiet:
-    def __init__(self, items):
-        self.items = items
-
-    def __enter__(self):
-        return iter(self.items)
-
-    def __exit__(self, *exc):
-        return False
+    try:
+        yield tracked()
+    finally:
+        bar.close()
 
 
 def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[str], x: torch.Tensor,
@@ -174,7 +173,8 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                    _same_flip_settings(metric_params))
     names = [*methods, *([REFERENCE] if reference else [])]
     pairs = [(model_name, method) for model_name in models for method in names]
-    with _progress(pairs, "explaining and scoring", progress) as bar:
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    with _progress(pairs, "explaining and scoring", show) as bar:
         for model_name, method in bar:
             model = models[model_name]
             batch = as_batch(model, x)
@@ -182,7 +182,7 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 if method == REFERENCE:
                     explanation = _random_map(model, batch, targets, seed)
                 else:
-                    explanation = explain(method, model, batch, target=targets, seed=seed, progress=False,
+                    explanation = explain(method, model, batch, target=targets, seed=seed, progress=show,
                                           **method_params.get(method, {}))
             except SalfwError as exc:
                 result.skipped.append({"model": model_name, "method": method, "metric": None,
@@ -223,7 +223,7 @@ def run_comparison(models: dict[str, Model], methods: list[str], metrics: list[s
                 start = time.perf_counter()
                 try:
                     values, extras = evaluate_full(metric, model, use_x, use_e, use_e.targets, seed, mask=use_mask,
-                                                  progress=False, **params)
+                                                  progress=show, **params)
                 except SalfwError as exc:
                     result.skipped.append({"model": model_name, "method": method, "metric": metric,
                                            "reason": str(exc).splitlines()[0]})
@@ -250,9 +250,9 @@ def _random_map(model: Model, x: torch.Tensor, targets: Any, seed: int) -> Expla
 
 
 def _same_flip_settings(metric_params: dict) -> bool:
-    keys = ("perturbation", "steps", "patch", "output")
+    keys = ("perturbation", "steps", "patch", "max_fraction", "output")
     morf, lerf, abpc = (metric_params.get(m, {}) for m in ("morf", "lerf", "abpc"))
-    return all(morf.get(k) == lerf.get(k) == abpc.get(k) for k in keys)
+    return all(morf.get(k) == lerf.get(k) == abpc.get(k) for k in keys) and not abpc.get("unnormalised")
 
 
 def _not_applicable(cls: type[Metric], metric: str, model: Model, x: torch.Tensor) -> str | None:

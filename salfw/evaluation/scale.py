@@ -70,8 +70,8 @@ from .harness import Comparison, _not_applicable, _summary, object_masks, write_
 CHUNK = 64
 #: Version of the store layout (part of the settings).
 FORMAT = 1
-#: Per-sample metadata arrays (not attributions): name -> dtype.
-METADATA = {"index": "int64", "label": "int64", "target": "int64", "predicted": "int64", "probability": "float64"}
+#: The per-sample metadata arrays, beside the attributions and scores.
+METADATA = ("index", "label", "target", "predicted", "probability")
 TARGETS = ("predicted", "label")
 
 
@@ -262,7 +262,8 @@ class Run:
 
 class _Job:
     """A per-chunk computation: ``settings`` identify it; ``compute`` returns the chunk's arrays
-    (``outputs``) and, on the probe (one sample, ``probe=True``), the pairs it had to skip."""
+    by name and each method's seconds. On the probe (the first sample, ``probe=True``, which
+    gives the arrays' shapes) it records in ``skipped`` the pairs that do not apply."""
 
     settings: dict[str, Any]
     model: Model
@@ -306,37 +307,45 @@ def run_chunks(job: _Job, store: str | os.PathLike, chunk: int = CHUNK, progress
     try:
         with processes(job.model.device) as procs:
             started = time.perf_counter()
-            error = None
+            error: SalfwError | None = None
             if procs.rank == 0:
                 try:
                     _prepare(job, path, samples, chunk)
                 except SalfwError as exc:
-                    error = str(exc).splitlines()[0]
-            error = procs.broadcast(error)
+                    error = exc
+            error = procs.broadcast(error)  # every rank stops with rank 0's mistake, none waits
             if error is not None:
-                raise StoreError(error)
+                raise error
             group = _check(path, job.settings)
             job.skipped = group.attrs["salfw"].get("skipped", [])
             done = group["done"]
             # rank 0's view of what is done, before anyone computes: every rank deals the same list
             finished = procs.broadcast(np.asarray(done[:], dtype=bool) if procs.rank == 0 else None)
             mine = [i for i in range(chunks) if not finished[i]][procs.rank::procs.world]
-            show = os.isatty(2) if progress is None else progress
-            bar = Context(progress=bool(show) and procs.rank == 0).progress(samples, description, unit="img")
+            show = bool(os.isatty(2) if progress is None else progress) and procs.rank == 0
+            bar = Context(progress=show).progress(samples, description, unit="img")
             shown = _samples_done(finished, chunk, samples)
             bar.update(shown)
+            arrays: dict[str, Any] = {}
+
+            def handle(name: str) -> Any:
+                """An array of the store, opened once (each lookup reads its metadata)."""
+                if name not in arrays:
+                    arrays[name] = group[name]
+                return arrays[name]
             try:
                 for i in mine:
                     start, stop = i * chunk, min(samples, (i + 1) * chunk)
                     x, labels = job.dataset.read(start, stop)
                     outputs, seconds = job.compute(x, labels, start, stop)
                     for name, value in outputs.items():
-                        group[name][start:stop] = value
+                        handle(name)[start:stop] = value
                     for method, took in seconds.items():
-                        group["seconds"][method][i] = took
+                        handle(f"seconds/{method}")[i] = took
                     done[i] = True  # last: the chunk counts once all of it is written
-                    if procs.rank == 0:
-                        now = _samples_done(np.asarray(done[:], dtype=bool), chunk, samples)
+                    if show:  # everyone's progress, from the flags (other ranks write them too)
+                        now = _samples_done(np.asarray(done[:], dtype=bool), chunk, samples) \
+                            if procs.distributed else shown + stop - start
                         bar.update(now - shown)
                         shown = now
                 procs.barrier()

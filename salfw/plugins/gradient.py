@@ -42,6 +42,7 @@ class Gradient(Method):
     kind = "additive"
     summary = "gradient of the target logit w.r.t. the input (Simonyan et al. 2014)"
     scope = "local"
+    per_feature_ranges = True  # the range is never read
 
     @dataclasses.dataclass(frozen=True)
     class Params:
@@ -60,6 +61,7 @@ class InputXGradient(Method):
     kind = "additive"
     summary = "input times the gradient of the target logit (Shrikumar et al. 2016)"
     scope = "local"
+    per_feature_ranges = True  # the range is never read
 
     @dataclasses.dataclass(frozen=True)
     class Params:

@@ -55,8 +55,13 @@
   explanation.
 
 All steps × samples path points run through
-:func:`~salfw.sdk.backprop.target_gradient` in chunks of ``batch_size`` points
-(``ctx.batches``), so memory is bounded by it.
+:func:`~salfw.sdk.backprop.target_gradient` in chunks (``ctx.batches``). The chunk is
+``batch_size`` points when given; by default it is as many points as fit in
+``memory_gib`` GiB (1 by default) of the activations autograd keeps for the backward
+pass, measured on one sample (:func:`salfw.sdk.memory.budget_chunk`: one more forward
+pass). A fixed 128 points was a few MiB on a digit but 10 GiB for 224 px photos on
+EfficientNet-Lite0 (78 MiB per point; 11 GB peak RSS for 4 photos); with the budget
+integrated gradients on 4 such photos peaks at 1.6 GB (``docs/results/memory.md``).
 """
 
 from __future__ import annotations
@@ -75,7 +80,11 @@ from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import baseline, batch_size, param, samples, steps
 from salfw.sdk.backprop import target_gradient
+from salfw.sdk.memory import budget_chunk
 from salfw.sdk.reference import check, draws, reference
+
+#: The default budget of activations per forward/backward pass, in GiB (see the module docstring).
+MEMORY_GIB = 1.0
 
 RULES = ("gauss-legendre", "riemann-left", "riemann-right", "riemann-middle", "riemann-trapezoid")
 
@@ -142,6 +151,7 @@ class IntegratedGradients(Method):
     kind = "additive"
     summary = "integrated gradients along the path from a baseline (Sundararajan et al. 2017)"
     scope = "local"
+    per_feature_ranges = True  # the baseline is a perturbation's fill: black is each feature's low
     test_params = {"steps": 8}
 
     @dataclasses.dataclass(frozen=True)
@@ -150,7 +160,10 @@ class IntegratedGradients(Method):
                                              "a number, or a tensor shaped like one sample or the batch")
         steps: int = steps(50, "quadrature points along the path (Captum's default 50)")
         rule: str = param("gauss-legendre", "quadrature rule", choices=RULES)
-        batch_size: int = batch_size(128, "path points per forward/backward pass")
+        batch_size: int | None = batch_size(None, "path points per forward/backward pass; None: as many as "
+                                                  "memory_gib allows")
+        memory_gib: float = param(MEMORY_GIB, "GiB of activations one forward/backward pass may keep, which "
+                                  "sets the chunk of path points when batch_size is None", low=0.0)
 
     def __init__(self, params: Any):
         super().__init__(params)
@@ -166,10 +179,11 @@ class IntegratedGradients(Method):
         nodes, weights = quadrature(p.rule, p.steps)
         alphas = torch.tensor(nodes, dtype=x.dtype, device=x.device)
         w = torch.tensor(weights, dtype=x.dtype, device=x.device)
-        total = path_gradients(model, start[None], x, targets, alphas, w, ctx, p.batch_size, times_difference=False)
+        size = p.batch_size or budget_chunk(model, x, p.memory_gib, x.shape[0] * p.steps)
+        total = path_gradients(model, start[None], x, targets, alphas, w, ctx, size, times_difference=False)
         attributions = (x - start) * total
-        gap = (mean_target_scores(model, x[None], targets, p.batch_size)
-               - mean_target_scores(model, start[None], targets, p.batch_size))
+        gap = (mean_target_scores(model, x[None], targets, size)
+               - mean_target_scores(model, start[None], targets, size))
         delta = attributions.flatten(1).sum(1) - gap
         return attributions, {"convergence_delta": delta.detach().cpu().tolist()}
 
@@ -189,7 +203,10 @@ class ExpectedGradients(Method):
                                                      "reference inputs, or a perturbation name ('uniform-noise': "
                                                      "a fresh uniform draw per pair)")
         samples: int = samples(200, "(reference, alpha) pairs drawn per explanation")
-        batch_size: int = batch_size(128, "path points per forward/backward pass")
+        batch_size: int | None = batch_size(None, "path points per forward/backward pass; None: as many as "
+                                                  "memory_gib allows")
+        memory_gib: float = param(MEMORY_GIB, "GiB of activations one forward/backward pass may keep, which "
+                                  "sets the chunk of path points when batch_size is None", low=0.0)
 
     def __init__(self, params: Any):
         super().__init__(params)
@@ -203,10 +220,10 @@ class ExpectedGradients(Method):
         alphas = torch.rand(p.samples, generator=ctx.generator, dtype=torch.float64)
         alphas = alphas.to(device=x.device, dtype=x.dtype)
         weights = torch.full_like(alphas, 1.0 / p.samples)
-        attributions = path_gradients(model, refs, x, targets, alphas, weights, ctx, p.batch_size,
-                                      times_difference=True)
-        gap = (mean_target_scores(model, x[None], targets, p.batch_size)
-               - mean_target_scores(model, refs, targets, p.batch_size))
+        size = p.batch_size or budget_chunk(model, x, p.memory_gib, x.shape[0] * p.samples)
+        attributions = path_gradients(model, refs, x, targets, alphas, weights, ctx, size, times_difference=True)
+        gap = (mean_target_scores(model, x[None], targets, size)
+               - mean_target_scores(model, refs, targets, size))
         delta = attributions.flatten(1).sum(1) - gap
         return attributions, {"convergence_delta": delta.detach().cpu().tolist()}
 

@@ -3,8 +3,11 @@ linear surrogate g(z) = w . z + b to the model's outputs on perturbed copies of
 the input, where z in {0, 1}^M says which interpretable features are kept.
 
 Images (as ``lime.lime_image.LimeImageExplainer``): features are superpixels
-(quickshift with lime's defaults kernel_size=4, max_dist=200, ratio=0.2; SLIC;
-Felzenszwalb; or a regular grid), optionally cut to at most
+(SLIC with ``n_segments=100`` by default: 61-72 superpixels on the built-in 28 px
+digits, 65-91 on 224 px photos; lime's own quickshift with kernel_size=4,
+max_dist=200, ratio=0.2, ``segmentation="quickshift"``, is tuned for 299 px photos
+and gives 1-3 superpixels on a digit; Felzenszwalb; or a regular grid), optionally
+cut to at most
 ``max_superpixel_size`` pixels (the GeoSal thesis's change, down to single
 pixels). Sample 0 keeps everything; the others switch each superpixel off with
 probability 1/2 (lime's ``randint(0, 2)``), and at most ``max_off_fraction`` of the
@@ -23,7 +26,8 @@ selection changes nothing). The attributions are a continuous per-pixel heatmap:
 each pixel gets its superpixel's weight for the target, (N, 1, H, W). ``meta``
 holds, per sample, the segmentation, the binary samples z, the weights, intercept and R^2 score for each
 explained label (the target and the ``top_labels`` predicted ones, all fit to the
-same samples), and the evidence-for / evidence-against masks (the
+same samples), the target's R² adjusted for chance (``adjusted_score``, below), and
+the evidence-for / evidence-against masks (the
 ``mask_features`` superpixels with the largest |weight|, positive or negative, as
 lime's ``get_image_and_mask(num_features=5)``).
 
@@ -32,8 +36,10 @@ samples are drawn from ``N(mean, std^2)`` of ``training_data`` per feature (samp
 the input), scaled to ``(v - mean) / std``, weighted by
 ``sqrt(exp(-d^2 / width^2))`` on the Euclidean distance of the scaled sample to the
 scaled input (width ``0.75 sqrt(D)``), and the surrogate is fit on the scaled
-samples; the attributions are its coefficients. Without training data the
-statistics of the uniform distribution over the input range are used. With
+samples; the attributions are its coefficients. Without ``training_data`` the
+statistics of the uniform distribution over the input range are used, with an
+:class:`~salfw.core.errors.AssumptionWarning` naming ``training_data``: lime_tabular
+always takes them from the training data. With
 ``discretize=True`` features are cut at the training quartiles (lime's default
 ``QuartileDiscretizer``): each sample draws a quartile bin per feature with the
 training frequencies and takes a training value from that bin (lime draws from a
@@ -44,24 +50,34 @@ across classes.
 Seeding: each sample's segmentation, binary samples z (a NumPy generator) and
 random fills (a CPU torch generator) are seeded with the seed afresh, so a batch
 and its samples one by one agree. ``samples`` perturbed inputs per explained
-sample (lime's ``num_samples``), evaluated ``batch_size`` at a time.
+sample (lime's ``num_samples``), evaluated ``batch_size`` at a time (by default as
+many as fit in ``memory_gib`` GiB on a white box, :func:`salfw.sdk.memory.forward_chunk`;
+256 on a black box).
+
+Degenerate results give a :class:`~salfw.core.errors.DegenerateWarning` naming the
+setting that fixes them: an image cut into fewer than 8 superpixels, and a
+surrogate whose R² on the target, adjusted for what fitting M weights to noise
+gives by chance (``meta["adjusted_score"]``, with the kernel's effective sample
+size), is below 0.05: its weights are then noise.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from salfw.core.context import Context
+from salfw.core.context import Context, warn_degenerate
 from salfw.core.contracts import Method
-from salfw.core.errors import ParameterError
+from salfw.core.errors import AssumptionWarning, ParameterError
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model
 from salfw.core.params import Component, batch_size, output, param, samples
+from salfw.core.ranges import range_ends
 from salfw.sdk.hiding import (
     SUPERPIXEL_MEAN,
     Hider,
@@ -71,8 +87,27 @@ from salfw.sdk.hiding import (
     resolve_fill,
     segment_with,
     target_values,
+    warn_few_features,
     weighted_ridge,
 )
+from salfw.sdk.memory import forward_chunk
+
+#: Perturbed inputs per forward pass on a black box, whose memory cannot be measured.
+BLACK_BOX_BATCH = 256
+
+#: An adjusted R² of the surrogate below this is "near 0": :meth:`Lime._warn_if_unexplained` says so.
+MIN_R2 = 0.05
+
+
+def adjusted_r2(score: float, weights: np.ndarray, features: int) -> float:
+    """The weighted R² less what fitting ``features`` coefficients to noise gives by chance:
+    ``1 − (1 − R²)(n − 1)/(n − M − 1)`` with the kernel's effective sample size
+    ``n = (Σw)² / Σw²`` (−inf when n ≤ M + 1: the fit could follow any output). Pure noise
+    scores about M/n in R² and about 0 here."""
+    n = weights.sum() ** 2 / (weights ** 2).sum()
+    if n <= features + 1:
+        return float("-inf")
+    return float(1 - (1 - score) * (n - 1) / (n - features - 1))
 
 
 def sample_coalitions(rng: np.random.Generator, count: int, features: int,
@@ -109,6 +144,7 @@ class Lime(Method):
     kind = "additive"
     summary = "weighted linear surrogate over superpixels or features (Ribeiro et al. 2016)"
     scope = "local"
+    per_feature_ranges = True  # vectors: statistics per feature (training_data, or each feature's range)
     random = True
     test_params = {"segmentation": "grid", "cell": 2, "samples": 64}
 
@@ -133,7 +169,10 @@ class Lime(Method):
         output: str = output("probabilities", "model output the surrogate fits (lime: probabilities)")
         training_data: object = param(None, "vectors: training array (M, D) for the sampling statistics")
         discretize: bool = param(False, "vectors: quartile-discretise features (lime_tabular's discretizer)")
-        batch_size: int = batch_size(256, "perturbed inputs per forward pass")
+        batch_size: int | None = batch_size(None, "perturbed inputs per forward pass; None: as many as memory_gib "
+                                                  "allows on a white box (256 on a black box)")
+        memory_gib: float = param(1.0, "GiB one forward pass may keep, which sets batch_size when it is None",
+                                  low=0.0)
 
     # -- shared ---------------------------------------------------------------------
     def _classes(self, model: Model, x1: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -147,6 +186,7 @@ class Lime(Method):
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
         if self.params.kernel_width == 0:
             raise ParameterError("lime's kernel_width must be > 0 (it divides the distances)")
+        ctx.batch_size = self.params.batch_size or forward_chunk(model, x, self.params.memory_gib, BLACK_BOX_BATCH)
         if x.dim() == 4:
             return self._images(model, x, targets, ctx)
         return self._vectors(model, x, targets, ctx)
@@ -159,7 +199,7 @@ class Lime(Method):
         width = 0.25 if p.kernel_width is None else p.kernel_width
         out = torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype, device=x.device)
         meta: dict[str, Any] = {k: [] for k in ("segments", "samples", "labels", "weights", "intercept", "score",
-                                                "evidence_for", "evidence_against")}
+                                                "adjusted_score", "evidence_for", "evidence_against")}
         for n in range(x.shape[0]):  # segmentations differ per image; each image's samples are batched
             labels = segment_with(p, x[n], model.input_range, ctx.seed)
             m = int(labels.max()) + 1
@@ -172,8 +212,9 @@ class Lime(Method):
                 d = cosine_to_ones(z.astype(np.float64))
             else:
                 d = np.sqrt(((1 - z) ** 2).sum(1))
-            coef, intercept, score = weighted_ridge(z, values.double().cpu().numpy(), lime_kernel(d, width),
-                                                    p.alpha)
+            kernel = lime_kernel(d, width)
+            coef, intercept, score = weighted_ridge(z, values.double().cpu().numpy(), kernel, p.alpha)
+            meta["adjusted_score"].append(adjusted_r2(float(score[0]), kernel, m))
             w_t = torch.from_numpy(coef[0]).to(device=x.device, dtype=x.dtype)
             out[n, 0] = w_t[labels_t]
             order = np.argsort(-np.abs(coef[0]), kind="stable")[: p.mask_features]
@@ -189,13 +230,29 @@ class Lime(Method):
             meta["evidence_against"].append(torch.from_numpy((top & (coef[0] < 0))[labels]))
         meta["evidence_for"] = torch.stack(meta["evidence_for"])
         meta["evidence_against"] = torch.stack(meta["evidence_against"])
+        warn_few_features(self.name, p, [int(labels.max()) + 1 for labels in meta["segments"]])
+        self._warn_if_unexplained(meta["adjusted_score"])
         return out, meta
+
+    def _warn_if_unexplained(self, adjusted: list[float]) -> None:
+        """A :class:`~salfw.core.errors.DegenerateWarning` when the surrogate explains no more of the model's
+        output on the target than a fit to noise would (adjusted R² below :data:`MIN_R2`): its weights are
+        then noise."""
+        low = [(n, r2) for n, r2 in enumerate(adjusted) if r2 < MIN_R2]
+        if not low:
+            return
+        listed = ", ".join(f"sample {n}: {r2:.3f}" for n, r2 in low[:5]) + (", ..." if len(low) > 5 else "")
+        hint = "output='logits' (probabilities may be saturated), " if self.params.output == "probabilities" else ""
+        warn_degenerate(f"lime's linear surrogate explains no more of the model's output than a fit to noise would "
+                        f"(adjusted R² {listed}); its weights are noise: try {hint}a larger kernel_width, or more "
+                        f"samples", stacklevel=4)
 
     # -- vectors --------------------------------------------------------------------
     def _statistics(self, model: Model, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         data = self.params.training_data
         if data is None:
-            lo, hi = model.input_range
+            lo, hi = (np.asarray(end, dtype=np.float64).reshape(-1)  # two numbers, or one per feature
+                      for end in range_ends(model.input_range, torch.zeros(1, dtype=torch.float64)))
             return np.full(d, (lo + hi) / 2), np.full(d, (hi - lo) / math.sqrt(12)), None
         data = np.asarray(data.detach().cpu() if isinstance(data, torch.Tensor) else data, dtype=np.float64)
         if data.ndim != 2 or data.shape[1] != d or data.shape[0] < 2:
@@ -209,11 +266,16 @@ class Lime(Method):
         p = self.params
         d = x.shape[1]
         mean, std, data = self._statistics(model, d)
+        if data is None:
+            warnings.warn("lime was given no training_data, so it samples each feature from a uniform "
+                          "distribution over the model's input range, which is not the data's distribution; pass "
+                          "training_data=<array (M, D) of training vectors> for lime_tabular's statistics",
+                          AssumptionWarning, stacklevel=3)
         width = 0.75 * math.sqrt(d) if p.kernel_width is None else p.kernel_width
         if p.discretize and data is None:
             raise ParameterError("lime's discretize=True needs training_data (M, D) for the quartiles")
         out = torch.zeros_like(x)
-        meta: dict[str, Any] = {k: [] for k in ("labels", "weights", "intercept", "score")}
+        meta: dict[str, Any] = {k: [] for k in ("labels", "weights", "intercept", "score", "adjusted_score")}
         for n in range(x.shape[0]):  # each sample's perturbations are batched
             rng = ctx.numpy_rng()
             row = x[n].double().cpu().numpy()
@@ -226,14 +288,17 @@ class Lime(Method):
             dist = np.sqrt(((features - features[0]) ** 2).sum(1))
             classes = self._classes(model, x[n:n + 1], targets[n:n + 1])
             inputs = torch.from_numpy(draws).to(device=x.device, dtype=x.dtype)
-            values = target_values(model, inputs, classes, p.output, p.batch_size)
-            coef, intercept, score = weighted_ridge(features, values.double().cpu().numpy(),
-                                                    lime_kernel(dist, width), p.alpha)
+            values = torch.cat([target_values(model, inputs[rows], classes, p.output, ctx.batch_size)
+                                for rows in ctx.batches(p.samples, unit="input")])
+            kernel = lime_kernel(dist, width)
+            coef, intercept, score = weighted_ridge(features, values.double().cpu().numpy(), kernel, p.alpha)
+            meta["adjusted_score"].append(adjusted_r2(float(score[0]), kernel, features.shape[1]))
             out[n] = torch.from_numpy(coef[0]).to(device=x.device, dtype=x.dtype)
             meta["labels"].append(classes.tolist())
             meta["weights"].append(coef)
             meta["intercept"].append(intercept)
             meta["score"].append(score)
+        self._warn_if_unexplained(meta["adjusted_score"])
         return out, meta
 
     def _discretized(self, rng: np.random.Generator, row: np.ndarray, data: np.ndarray

@@ -21,7 +21,8 @@ rate 0.015; optimisation stops for a sample when its loss changed by less than
 
 The mask is one channel, shared by the colour channels; attributions are ``M``
 (high = kept = important). ``meta`` holds the final preservation ``mean(M)``, the
-loss terms, β0 and the iterations used per sample. Applied to intermediate layers
+loss terms, β0, the iterations run and whether the tolerance test stopped the sample
+before ``iterations`` (``converged``), per sample. Applied to intermediate layers
 the method shows which input regions a layer's features depend on (the thesis's
 "model discovery" study). All samples are optimised as one tensor with one Adam
 optimiser; converged samples are frozen while the others go on, and the noise
@@ -45,6 +46,7 @@ from salfw.core.guard import calling_thread_only
 from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import batch_size, iterations, layer, learning_rate, param, tolerance
+from salfw.sdk.masks import warn_if_unmoved
 
 
 def feature_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -125,7 +127,10 @@ class NoiseMask(Method):
         results = [self._optimise(model, features, x[rows], ctx) for rows in ctx.batches(x.shape[0])]
         mask = torch.cat([r[0] for r in results])
         meta: dict[str, Any] = {key: torch.cat([r[1][key] for r in results]).tolist()
-                                for key in ("preservation", "loss", "mse", "beta0", "iterations")}
+                                for key in ("preservation", "loss", "mse", "beta0", "iterations", "converged")}
+        warn_if_unmoved(self.name, torch.sigmoid(torch.tensor(p.init)).item(), mask,
+                        "the layer's output may not depend on the input here (try another layer), or use a larger "
+                        "learning_rate or factor")
         meta["mask"] = mask
         meta["layer"] = p.layer or "logits"
         return mask, meta
@@ -179,7 +184,7 @@ class NoiseMask(Method):
             covered = x * mask + noise() * (1 - mask)
             loss, preservation, mse = noise_mask_loss(mask, clean, features(covered), beta)
         return mask.detach(), {"preservation": preservation, "loss": loss, "mse": mse, "beta0": beta0,
-                               "iterations": used}
+                               "iterations": used, "converged": ~active}
 
 
 @hookimpl

@@ -18,7 +18,8 @@ well under a second on CPU for the built-in CNN, so the paper's values are kept
 (``samples`` is N). ``f_c`` is the softmax probability (the paper);
 ``output="logits"`` uses the logits. Masks are drawn once for the whole batch from
 the context's CPU generator (the same masks on every device), generated in chunks
-of ``batch_size`` (bounded memory), and each chunk is evaluated on each sample in
+of ``batch_size`` (bounded memory; by default as many as fit in ``memory_gib`` GiB on
+a white box, :func:`salfw.sdk.memory.forward_chunk`, 500 on a black box), and each chunk is evaluated on each sample in
 one batched forward pass; random fills come from a fresh generator per sample, so
 a batch and its samples one by one agree. Images only. Local explanation.
 """
@@ -40,6 +41,10 @@ from salfw.core.hookspecs import hookimpl
 from salfw.core.models import Model
 from salfw.core.params import Component, batch_size, component, output, param, samples
 from salfw.sdk.hiding import target_values
+from salfw.sdk.memory import forward_chunk
+
+#: Masks per chunk and forward pass on a black box, whose memory cannot be measured.
+BLACK_BOX_BATCH = 500
 
 
 def rise_masks(count: int, size: tuple[int, int], grid: int, keep: float, generator: torch.Generator,
@@ -79,7 +84,10 @@ class Rise(Method):
         perturbation: Component = component("black", "perturbation", "what replaces the masked-out part "
                                             "(black = the paper's x . M)")
         output: str = output("probabilities", "weight masks by probabilities (paper) or logits")
-        batch_size: int = batch_size(500, "masks per generated chunk and per forward pass")
+        batch_size: int | None = batch_size(None, "masks per generated chunk and per forward pass; None: as many "
+                                                  "as memory_gib allows on a white box (500 on a black box)")
+        memory_gib: float = param(1.0, "GiB one forward pass may keep, which sets batch_size when it is None",
+                                  low=0.0)
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context
                   ) -> torch.Tensor | tuple[torch.Tensor, dict[str, Any]]:
@@ -87,6 +95,7 @@ class Rise(Method):
         if p.keep_probability <= 0:
             raise ParameterError("rise needs keep_probability > 0 (the saliency divides by N p)")
         perturbation = make_perturbation(p.perturbation)
+        size = ctx.batch_size = p.batch_size or forward_chunk(model, x, p.memory_gib, BLACK_BOX_BATCH)
         n, c, h, w = x.shape
         # one fill stream per sample, so that a batch and its samples one by one get the same fills
         fill_generators = [ctx.fresh_generator() for _ in range(n)]
@@ -98,7 +107,7 @@ class Rise(Method):
             for k in range(n):  # each sample: one batched pass over the chunk's masks
                 inputs = perturbation.apply(x[k:k + 1].expand(count, c, h, w), masks, model.input_range,
                                             fill_generators[k])
-                values = target_values(model, inputs, targets[k:k + 1], p.output, p.batch_size)[:, 0]
+                values = target_values(model, inputs, targets[k:k + 1], p.output, size)[:, 0]
                 saliency[k] += values.double() @ flat
         return (saliency / (p.samples * p.keep_probability)).to(x.dtype).view(n, 1, h, w)
 

@@ -18,10 +18,14 @@ import math
 import torch
 import torch.nn.functional as F
 
+from salfw.core.context import warn_degenerate
 from salfw.core.perturbations import gaussian_blur
 
 __all__ = ["total_variation", "l1", "upsample", "gaussian_blur", "random_shift", "jitter", "scaled", "low_res_shape",
-           "SmoothMask", "smooth_kernel", "perturbation_pyramid", "apply_pyramid"]
+           "SmoothMask", "smooth_kernel", "perturbation_pyramid", "apply_pyramid", "warn_if_unmoved"]
+
+#: A mask whose every value ends within this of where it started "did not move" (:func:`warn_if_unmoved`).
+UNMOVED = 1e-2
 
 #: Temperature T of the smooth maximum (TorchRay's ``MaskGenerator``).
 COLDNESS = 20.0
@@ -144,3 +148,24 @@ def apply_pyramid(pyramid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     index = torch.arange(levels, dtype=mask.dtype, device=mask.device).view(1, levels, 1, 1, 1)
     weight = (1 - (position[:, None] - index).abs()).clamp(min=0)   # (K, L, 1, H, W)
     return (weight * pyramid).sum(dim=1)
+
+
+def warn_if_unmoved(method: str, start: torch.Tensor | float | None, final: torch.Tensor, fix: str) -> None:
+    """A :class:`~salfw.core.errors.DegenerateWarning` naming the samples whose mask (N, ...) the
+    optimisation left where it started (every value within :data:`UNMOVED` of ``start``), or, with
+    ``start=None``, left uniform (within :data:`UNMOVED` of its own mean: penalties alone move a mask
+    to a uniform value), and ``fix``, the setting that makes it move: such a mask is no explanation."""
+    final = final.detach()
+    if start is None:
+        flat = final.flatten(1)
+        moved = (flat - flat.mean(dim=1, keepdim=True)).abs().amax(dim=1)
+    else:
+        moved = (final - start).flatten(1).abs().amax(dim=1)
+    still = (moved < UNMOVED).nonzero()[:, 0].tolist()
+    if not still:
+        return
+    listed = ", ".join(map(str, still[:10])) + (", ..." if len(still) > 10 else "")
+    how = "from where it started, so the map shows the initialisation" if start is not None else \
+        "away from a uniform value, so it singles out no region"
+    warn_degenerate(f"{method}: the optimisation did not move the mask of sample(s) {listed} ({len(still)} of "
+                    f"{final.shape[0]}) {how}; {fix}", stacklevel=4)

@@ -13,11 +13,16 @@ and follow the target's output.
   registry; the default ``uniform-noise`` (one noise image per seed, U(lo, hi)) follows the
   Noise Covering thesis, Samek et al. drew uniform noise too. Features are single pixels
   (``patch`` 1, the usual MNIST choice) or ``patch`` x ``patch`` regions ranked by their mean
-  relevance (Samek et al. use 9 x 9 regions on 224-pixel images). ``extras`` hold the curve,
-  and (``random_order``) the curve and AOPC of a random removal order -- a map no better than
-  chance scores the same as it.
+  relevance (Samek et al. use 9 x 9 regions on 224-pixel images). The steps remove features up to
+  ``max_fraction`` of them (1: all; the Noise Covering thesis stops at 0.9): step ``k`` has
+  removed ``round(k M / L)`` features, ``M = round(max_fraction F)`` of the ``F``. ``extras`` hold
+  the curve, and (``random_order``) the curve and AOPC of a random removal order -- a map no
+  better than chance scores the same as it.
 * ``abpc`` -- the area between the LeRF and MoRF curves, ``1/(L+1) sum_k (f_LeRF(k) - f_MoRF(k))
-  = AOPC_MoRF - AOPC_LeRF`` (Schulz et al. 2020 name it ABPC); higher is better.
+  = AOPC_MoRF - AOPC_LeRF`` (Schulz et al. 2020 name it ABPC); higher is better. With
+  ``unnormalised`` the sum ``sum_k (f_LeRF(k) - f_MoRF(k))`` without the ``1/(L+1)``, as the
+  Noise Covering thesis reports it (with one pixel per step, ``max_fraction`` 0.9, uniform
+  noise and the logits; its values reach thousands).
 * ``deletion`` / ``insertion`` -- Petsiuk, Das & Saenko 2018 (RISE): the area under the
   probability curve (trapezoid rule over the removed fraction 0..1) when features are deleted
   most relevant first starting from the input (lower is better; the paper deletes to black,
@@ -91,16 +96,17 @@ def removal_ranks(scores: torch.Tensor, order: str, gen: torch.Generator) -> tor
 
 def flip_curves(model: Model, x: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor,
                 pixel_feature: torch.Tensor, fill: torch.Tensor, steps: int, insertion: bool,
-                output: str, ctx: Context, batch_size: int) -> torch.Tensor:
+                output: str, ctx: Context, batch_size: int, max_fraction: float = 1.0) -> torch.Tensor:
     """The target output after each of ``steps + 1`` steps (N, steps + 1).
 
-    At step ``k`` the first ``round(k F / steps)`` features in rank order are taken from
-    ``fill`` (deletion) or are the only ones taken from ``x`` (insertion). All (sample, step)
-    pairs are enumerated and evaluated in chunks of ``batch_size`` (``ctx.batches``).
+    At step ``k`` the first ``round(k M / steps)`` features in rank order, ``M = round(max_fraction
+    F)``, are taken from ``fill`` (deletion) or are the only ones taken from ``x`` (insertion). All
+    (sample, step) pairs are enumerated and evaluated in chunks of ``batch_size`` (``ctx.batches``).
     """
     n, f = ranks.shape
     points = steps + 1
-    counts = torch.round(torch.linspace(0, f, points, device=x.device, dtype=torch.float64)).long()
+    last = round(max_fraction * f)
+    counts = torch.round(torch.linspace(0, last, points, device=x.device, dtype=torch.float64)).long()
     fill = fill.expand_as(x)
     values = []
     for chunk in ctx.batches(n * points, batch_size, unit="input"):
@@ -129,10 +135,11 @@ class _Flipping(Metric):
         scores, pixel_feature = feature_scores(attributions, p.patch)
         ranks = removal_ranks(scores, order, gen)
         return flip_curves(model, x, targets, ranks, pixel_feature, fill, p.steps, insertion,
-                           p.output, ctx, p.batch_size)
+                           p.output, ctx, p.batch_size, getattr(p, "max_fraction", 1.0))
 
     def _fractions(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linspace(0, 1, self.params.steps + 1, dtype=x.dtype, device=x.device)
+        last = getattr(self.params, "max_fraction", 1.0)
+        return torch.linspace(0, last, self.params.steps + 1, dtype=x.dtype, device=x.device)
 
 
 def aopc(curve: torch.Tensor) -> torch.Tensor:
@@ -146,6 +153,8 @@ class FlipParams:
                                                                          "(Noise Covering thesis: uniform noise)")
     steps: int = steps(100, "number of equal removal steps (the curve has steps + 1 points)")
     patch: int = param(1, "features are patch x patch pixel regions (1: single pixels)", low=1)
+    max_fraction: float = param(1.0, "fraction of the features removed by the last step (Noise Covering "
+                                     "thesis: 0.9)", low=0.0, high=1.0)
     output: str = output("probabilities", "the followed output of the target class")
     random_order: bool = param(True, "also run a random removal order (extras: random_curve, random_aopc)")
     batch_size: int = batch_size(256, "perturbed inputs per forward pass")
@@ -184,6 +193,10 @@ class ABPC(_Flipping):
         perturbation: Component = component("uniform-noise", "perturbation", "replacement, a registered perturbation")
         steps: int = steps(100, "number of equal removal steps")
         patch: int = param(1, "features are patch x patch pixel regions", low=1)
+        max_fraction: float = param(1.0, "fraction of the features removed by the last step (Noise Covering "
+                                         "thesis: 0.9)", low=0.0, high=1.0)
+        unnormalised: bool = param(False, "sum over the curves' points instead of their mean (the Noise "
+                                          "Covering thesis's ABPC)")
         output: str = output("probabilities", "the followed output of the target class")
         batch_size: int = batch_size(256, "perturbed inputs per forward pass")
 
@@ -191,8 +204,9 @@ class ABPC(_Flipping):
               ctx: Context, **context: Any) -> tuple[torch.Tensor, dict[str, Any]]:
         morf = self._curve(model, x, attributions, targets, ctx, "morf")
         lerf = self._curve(model, x, attributions, targets, ctx, "lerf")
-        return (lerf - morf).mean(dim=1), {"fractions": self._fractions(x), "morf_curve": morf,
-                                           "lerf_curve": lerf}
+        between = lerf - morf
+        area = between.sum(dim=1) if self.params.unnormalised else between.mean(dim=1)
+        return area, {"fractions": self._fractions(x), "morf_curve": morf, "lerf_curve": lerf}
 
 
 class Deletion(_Flipping):
