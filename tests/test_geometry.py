@@ -10,6 +10,7 @@ from torch import nn
 import salfw
 from salfw.plugins.geosal import geosal_search
 from salfw.sdk.geometry import local_plane
+from salfw.sdk.memory import activation_bytes
 
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -403,8 +404,36 @@ def test_pass_counts_include_every_batched_row():
     layer = seeded(11, lambda: nn.Linear(9, 6))
     e = salfw.explain("deepfool", salfw.WhiteBox(layer, input_range=(-50, 50)), inputs(11, (8, 9)), batch_size=7)
     assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (8 + 2 * 8, 2 * 8 * 5)
-    # geosal, one compared class: the probabilities, then the iterations of each pair (one row each)
+    # geosal, one compared class: the probabilities, then the iterations of each pair (one row each), and
+    # without a batch_size one pass of one sample that measures its activations for the memory budget
     e = salfw.explain("geosal", salfw.WhiteBox(layer, input_range=(-100, 100)), inputs(11, (8, 9)), versus=None,
                       threshold=1.0)
     steps = int((e.meta["iterations"] + 1).sum())
-    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (8 + steps, steps)
+    assert (e.meta["forward_passes"], e.meta["backward_passes"]) == (8 + 1 + steps, steps)
+
+
+def test_geosal_takes_its_pairs_per_pass_from_the_memory_budget(monkeypatch):
+    """Issue #13: a fixed 256 (sample, class) pairs per pass kept about 20 GiB of activations at 224 px; the
+    chunk now comes from ``memory_gib`` unless ``batch_size`` is given, and the result does not depend on it."""
+    import salfw.sdk.geometry as geometry
+
+    chunks = []
+    original = geometry.plane_rows
+
+    def spy(forward, x, selection, batch_size=256, *args, **kwargs):
+        chunks.append(batch_size)
+        return original(forward, x, selection, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr("salfw.plugins.geosal.plane_rows", spy)
+    net = random_mlp(3, 2, 16, False, True)
+    model, x = salfw.WhiteBox(net, input_range=(-3, 3)), inputs(3, (6, 12))
+    default = salfw.explain("geosal", model, x, threshold=0.0)
+    assert set(chunks) == {6 * 4}  # a few KiB per pair: every (sample, class) pair in one pass
+    chunks.clear()
+    one_kib = 2 ** 10 / 2 ** 30  # about one pair's activations
+    tight = salfw.explain("geosal", model, x, threshold=0.0, memory_gib=one_kib)
+    assert len(set(chunks)) == 1 and 1 <= chunks[0] < 24 and activation_bytes(model, x) > 2 ** 10 / 24
+    torch.testing.assert_close(tight.attributions, default.attributions)
+    chunks.clear()
+    salfw.explain("geosal", model, x, threshold=0.0, batch_size=5)
+    assert set(chunks) == {5}

@@ -5,7 +5,7 @@ the input, where z in {0, 1}^M says which interpretable features are kept.
 Images (as ``lime.lime_image.LimeImageExplainer``): features are superpixels
 (SLIC with ``n_segments=100`` by default: 61-72 superpixels on the built-in 28 px
 digits, 65-91 on 224 px photos; lime's own quickshift with kernel_size=4,
-max_dist=200, ratio=0.2, ``segmentation="quickshift"``, is tuned for 299 px photos
+max_dist=200, ratio=0.2, ``segmentation="quickshift"``, suits photos of about 300 px
 and gives 1-3 superpixels on a digit; Felzenszwalb; or a regular grid), optionally
 cut to at most
 ``max_superpixel_size`` pixels (the GeoSal thesis's change, down to single

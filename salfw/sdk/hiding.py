@@ -109,8 +109,9 @@ class SegmentationParams:
     useful number at any resolution, 61-72 on the built-in 28 px digits and 65-91 on scikit-image's
     chelsea, astronaut, coffee and rocket photos centre-cropped and resized to 224 px (measured;
     ``docs/perturbation.md``). lime's own default, quickshift with kernel_size=4, max_dist=200 and
-    ratio=0.2 (``segmentation="quickshift"``), is tuned for 299 px photos: it gives 23-41 superpixels
-    at 224 px and 1-3 on a digit, a map of one or two solid blocks.
+    ratio=0.2 (``segmentation="quickshift"``), suits photos of about 300 px (lime's tutorials use
+    Inception's 299 px): it gives 23-41 superpixels at 224 px and 1-3 on a digit, a map of one or two
+    solid blocks.
     """
 
     segmentation: str = param("slic", "superpixels (images): slic (about n_segments at any resolution), "
