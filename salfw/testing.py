@@ -121,8 +121,8 @@ def check_method(name: str, kind: str = "image", checks: tuple[str, ...] = CHECK
                  x: torch.Tensor | None = None) -> None:
     """Run the conformance checks for one method on one input kind.
 
-    ``model`` and ``x`` replace the tiny network and its random inputs (to run the suite on, say,
-    torchvision's ResNet-18 or a vision transformer); ``x`` is needed when ``model`` has no
+    ``model`` and ``x`` replace the tiny network and its random inputs (docs/architectures.md runs the
+    suite on torchvision's ResNet-18 and a vision transformer); ``x`` is needed when ``model`` has no
     ``input_shape``. Raises AssertionError on the first failure, its message starting
     ``"<name> (<check>): "``; an exception from the method itself is reported the same way (chained as
     the cause).

@@ -290,6 +290,37 @@ def test_relu6_saturation_is_absorbed():
     torch.testing.assert_close(e.attributions, expected.detach())
 
 
+class Twice(nn.Module):
+    """One ReLU6 module called twice, as EfficientNet-Lite's ``_swish``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(3, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        return self.fc3(self.act(self.fc2(self.act(self.fc1(x)))))
+
+
+def test_a_module_called_twice_is_two_steps_and_one_diagnostic():
+    """Each call of the module is a step of its own; ``meta["layers"]`` has one entry for the module,
+    summed over its calls, so the input relevance plus everything absorbed is still the logit."""
+    torch.manual_seed(8)
+    net = Twice().double()
+    with torch.no_grad():
+        net.fc1.weight.mul_(20)  # some units saturate at 6
+    x = torch.rand(4, 3, dtype=torch.float64)
+    wb = salfw.WhiteBox(net)
+    e = salfw.explain("lrp", wb, x)
+    names = [layer["layer"] for layer in e.meta["layers"]]
+    assert names == ["fc1", "act", "fc2", "fc3"]
+    saturated = e.meta["layers"][1]
+    assert max(saturated["absorbed"]) > 0
+    absorbed = torch.tensor([layer["absorbed"] for layer in e.meta["layers"]], dtype=torch.float64).sum(0)
+    logit = wb.scores(x).gather(1, e.targets[:, None])[:, 0]
+    torch.testing.assert_close(e.attributions.sum(1) + absorbed, logit, rtol=1e-6, atol=1e-9)
+
+
 class Gated(nn.Module):
     """conv → SiLU → squeeze-and-excitation (x * sigmoid(fc(SiLU(fc(pool(x)))))) → a product of two
     full-size values (no gate) → pooling → linear, bias-free, written with functional calls."""
@@ -419,9 +450,9 @@ def test_custom_layer_classes_are_traced_through():
         ours = salfw.explain("lrp", salfw.WhiteBox(custom), x, target=1, composite=composite)
         theirs = salfw.explain("lrp", salfw.WhiteBox(plain), x, target=1, composite=composite)
         torch.testing.assert_close(ours.attributions, theirs.attributions)
+        rule = "z-plus-bias" if composite == "epsilon-plus" else "alpha-beta"
         assert [(l["layer"], l["type"], l["rule"]) for l in ours.meta["layers"]][:2] == [
-            ("0.pad", "ZeroPad2d", "copy"),
-            ("0", "Conv2d", "z-plus-bias" if composite == "epsilon-plus" else "alpha-beta")]
+            ("0.pad", "ZeroPad2d", "copy"), ("0", "Conv2d", rule)]
     d = salfw.explain("deeplift", salfw.WhiteBox(custom), x, target=1, baseline="blur")
     torch.testing.assert_close(d.attributions, salfw.explain("deeplift", salfw.WhiteBox(plain), x, target=1,
                                                              baseline="blur").attributions)

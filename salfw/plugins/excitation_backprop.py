@@ -71,7 +71,8 @@ class ExcitationBackprop(Method):
         if violation is not None:
             raise ModelRequirementError(
                 f"'{self.name}' assumes non-negative activations, as in a ReLU network (Zhang et al. 2018 define "
-                f"winning probabilities over them): {violation}; use 'lrp', whose rules cover any activation")
+                f"winning probabilities over them): {violation}; use 'lrp', whose rules cover any activation, "
+                f"or 'integrated-gradients'")
         return net
 
     def attribute(self, model: Model, x: torch.Tensor, targets: torch.Tensor, ctx: Context

@@ -89,8 +89,10 @@ def check_piecewise_linear(module: nn.Module, method: str = "local-linear", eval
         where = f"layer '{path or '<root>'}' ({type(layer).__name__})"
         if not isinstance(layer, PIECEWISE_LINEAR_LAYERS) and not is_identity(layer):
             raise ModelRequirementError(
-                f"'{method}' needs a piecewise-linear network (ReLU/ReLU6/LeakyReLU, max/avg pooling, linear, conv, "
-                f"flatten, padding, identity, dropout, batch norm in eval mode); {where} is not piecewise linear")
+                f"'{method}' needs a piecewise-linear network (ReLU/ReLU6/LeakyReLU, max/avg pooling, linear, "
+                f"conv, flatten, padding, identity, dropout, batch norm in eval mode: only then is the network "
+                f"exactly linear around x); {where} is not piecewise linear. Use 'gradient' or "
+                f"'integrated-gradients', which apply to any differentiable network")
         if eval_mode and isinstance(layer, _TRAINING_DEPENDENT) and layer.training:
             raise ModelRequirementError(
                 f"'{method}' needs {where} in eval mode (in training mode it depends on the batch); "

@@ -161,10 +161,6 @@ def _leading(node: fx.Node) -> fx.Node:
     return source
 
 
-def _first(args: Any) -> Any:
-    return args[0]
-
-
 class Network:
     """The captured graph of a white box's module (BatchNorm folded into new parameter tensors
     unless ``fold=False``), ready for relevance propagation; the module itself is only read.
@@ -269,10 +265,10 @@ class Network:
             key = step.path or str(node.name)
             kind = type(self.modules[step.path]).__name__ if step.path is not None else absorbs[0]
             self._absorbers[key] = (step, kind, absorbs[1])
-            self._diagnostics.append(key)
+            self._diagnostics += [] if key in self._diagnostics else [key]  # a module called twice: one entry
         elif step.kind in ("layer", "affine") or step.kind == "folded" and not self.fold:
             self._diagnostics += [] if step.path in self._diagnostics else [str(step.path)]
-        elif step.kind == "attention":
+        elif step.kind == "attention" and f"{step.path}.in_proj" not in self._diagnostics:
             self._diagnostics += [f"{step.path}.in_proj", f"{step.path}.out_proj"]
 
     def _functional_layer(self, node: fx.Node, owner: nn.Module) -> Layer:
