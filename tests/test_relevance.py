@@ -489,3 +489,20 @@ def test_deep_taylor_all_outputs():
         single = salfw.explain("deep-taylor", model, x, target=k).attributions
         torch.testing.assert_close(every[:, k], single)
     torch.testing.assert_close(e.attributions, every[torch.arange(3), e.targets])
+
+
+def test_the_default_composite_follows_the_sign_of_the_network_input():
+    """``composite="auto"``: z⁺ in the pixel layer where the network's input is non-negative (then it is
+    Zennit's EpsilonPlus), the flat rule there where normalisation makes it negative (EpsilonPlusFlat)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 4 * 4, 3))
+    x = torch.rand(2, 3, 8, 8)
+    for model, expected in ((salfw.WhiteBox(net, (0, 1)), "epsilon-plus"),
+                            (salfw.WhiteBox(net, (0, 1), mean=(0.5,) * 3, std=(0.25,) * 3), "epsilon-plus-flat")):
+        auto = salfw.explain("lrp", model, x, target=1)
+        explicit = salfw.explain("lrp", model, x, target=1, composite=expected)
+        assert auto.meta["composite"] == expected
+        assert [layer["rule"] for layer in auto.meta["layers"]][:2] == (
+            ["flat", "z-plus-bias"] if expected == "epsilon-plus-flat" else ["z-plus-bias", "z-plus-bias"])
+        torch.testing.assert_close(auto.attributions, explicit.attributions)

@@ -37,9 +37,18 @@ class LRP(Method):
     The target's logit is the relevance at the output; each Linear/Conv2d layer (and each
     BatchNorm that cannot be folded, and each attention's value and output projections)
     redistributes it to its inputs by its rule (see :mod:`salfw.sdk.propagation.rules`),
-    chosen by a registered composite (Zennit's definitions; default ``epsilon-plus``:
-    Zennit's z⁺ with the bias in the denominator, ``z-plus-bias``, for convolutions,
-    epsilon for dense layers; ``deep-taylor``: z-box first, then the bias-free ``z-plus``)
+    chosen by a registered composite (Zennit's definitions: ``epsilon-plus``, Zennit's z⁺
+    with the bias in the denominator, ``z-plus-bias``, for convolutions and epsilon for dense
+    layers; ``epsilon-plus-flat``, the same with the flat rule in the first layer;
+    ``deep-taylor``: z-box first, then the bias-free ``z-plus``). The default, ``auto``,
+    is ``epsilon-plus`` where the network's input cannot be negative (the model's input range
+    mapped through its preprocessing: MNIST's [0, 1] pixels) and ``epsilon-plus-flat`` where
+    it can (photos normalised with a mean and std): z⁺ is derived for non-negative inputs
+    (Montavon et al. 2017), and the pixel layer of a normalised network is where Kohlbrenner
+    et al. (2020) and Zennit's ``EpsilonPlusFlat`` put the flat rule instead. Measured on
+    EfficientNet-Lite0 with four 224 px photos (``tests/test_imagenet.py``), z⁺ in the pixel
+    layer loses to a random map on the deletion metric (area 0.054 against 0.043), the flat
+    rule beats it (0.034); ``meta["composite"]`` names the composite used
     and optionally overridden per layer with ``rules="features.0=z-box;classifier.*=epsilon"``,
     naming registered rules: ``z-plus`` is Montavon et al.'s z⁺ (no bias, conservative),
     ``z-plus-bias`` Zennit's ``ZPlus`` (the bias absorbs ``b⁺/(z⁺ + b⁺)`` of each unit's
@@ -68,8 +77,10 @@ class LRP(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Params:
-        composite: str = param("epsilon-plus", "rule composite: epsilon-plus, epsilon-plus-flat, epsilon-gamma-box, "
-                                               "epsilon-alpha2-beta1, deep-taylor, or one a plugin registered")
+        composite: str = param("auto", "rule composite: auto (epsilon-plus where the network's input is "
+                                       "non-negative, else epsilon-plus-flat), epsilon-plus, epsilon-plus-flat, "
+                                       "epsilon-gamma-box, epsilon-alpha2-beta1, deep-taylor, or one a plugin "
+                                       "registered")
         rules: str | None = param(None, "per-layer rules overriding the composite, e.g. "
                                         "'features.0=z-box;classifier.*=epsilon' (shell wildcards)")
         epsilon: float = param(1e-6, "epsilon of the epsilon rule (Zennit's default)", low=0.0)
@@ -89,9 +100,13 @@ class LRP(Method):
         net = Network(model, self.name)
         low, high = network_bounds(net.model, x)
         settings = Settings(p.epsilon, p.gamma, p.alpha, p.beta, p.stabilizer, low, high)
-        rules = resolve(net.layers, p.composite, p.rules, settings)
+        composite = p.composite
+        if composite == "auto":
+            composite = "epsilon-plus" if bool((low >= 0).all()) else "epsilon-plus-flat"
+        rules = resolve(net.layers, composite, p.rules, settings)
         relevance, layers = propagate_batches(net, x, targets, rules, ctx, p.stabilizer, size=p.batch_size)
-        return relevance, {"layers": layer_sums(layers), "relevance_sum": relevance.flatten(1).sum(1).tolist()}
+        return relevance, {"layers": layer_sums(layers), "relevance_sum": relevance.flatten(1).sum(1).tolist(),
+                           "composite": composite}
 
 
 def relu_network(net: Network) -> Network:
@@ -99,8 +114,9 @@ def relu_network(net: Network) -> Network:
     violation = net.relu_network_violation()
     if violation is not None:
         raise ModelRequirementError(
-            f"'deep-taylor' assumes a ReLU network (Montavon et al. 2017 derive the z⁺ rule for ReLU units "
-            f"with non-negative inputs): {violation}; use 'lrp', whose rules cover any activation")
+            f"'deep-taylor' assumes a ReLU network (Montavon et al. 2017 derive the z⁺ rule for ReLU detection "
+            f"units): {violation}; use 'lrp', whose rules cover any activation, "
+            f"or 'integrated-gradients'")
     return net
 
 
