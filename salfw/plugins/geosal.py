@@ -55,9 +55,10 @@ default as many as ``memory_gib`` (1 GiB) of kept activations allow
 (:func:`salfw.sdk.memory.budget_chunk`): every pair on a 28 px digit, 13 on 224 px photos with
 EfficientNet-Lite0, where a fixed 256 pairs would keep about 20 GiB. ``meta`` lists the
 compared classes of each sample in order of probability, ``classes`` (N, C; C the most
-compared for one sample, padded with −1), and aligned with it: ``adversarial`` (N, C, *x.shape[1:]; the input itself
-in padding), ``distances`` (L2 ``‖x − x'_Q‖``; NaN in padding), ``margins``
-(``y_P − y_Q`` at ``x'_Q``; NaN in padding), ``converged`` and ``iterations``.
+compared for one sample, padded with −1), and aligned with it: ``adversarial``
+(N, C, *x.shape[1:]; the input itself in padding), ``distances`` (L2 ``‖x − x'_Q‖``;
+NaN in padding), ``margins`` (``y_P − y_Q`` at ``x'_Q``; NaN in padding), ``converged``
+and ``iterations``.
 """
 
 from __future__ import annotations

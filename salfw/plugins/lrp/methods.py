@@ -48,8 +48,8 @@ class LRP(Method):
     et al. (2020) and Zennit's ``EpsilonPlusFlat`` put the flat rule instead. Measured on
     EfficientNet-Lite0 with four 224 px photos (``tests/test_imagenet.py``), z⁺ in the pixel
     layer loses to a random map on the deletion metric (area 0.054 against 0.043), the flat
-    rule beats it (0.034); ``meta["composite"]`` names the composite used
-    and optionally overridden per layer with ``rules="features.0=z-box;classifier.*=epsilon"``,
+    rule beats it (0.034); ``meta["composite"]`` names the composite used. The composite's
+    rules are optionally overridden per layer with ``rules="features.0=z-box;classifier.*=epsilon"``,
     naming registered rules: ``z-plus`` is Montavon et al.'s z⁺ (no bias, conservative),
     ``z-plus-bias`` Zennit's ``ZPlus`` (the bias absorbs ``b⁺/(z⁺ + b⁺)`` of each unit's
     relevance). The z-box bounds are the model's input range mapped through its
