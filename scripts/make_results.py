@@ -44,7 +44,15 @@ from salfw.core.api import evaluate_full
 from salfw.core.errors import SalfwError
 from salfw.core.explanation import Explanation
 from salfw.core.params import params_to_json
-from salfw.evaluation.harness import REFERENCE, Comparison, load_data, markdown_tables, run_comparison, write_comparison
+from salfw.evaluation.harness import (
+    REFERENCE,
+    Comparison,
+    load_data,
+    markdown_tables,
+    run_comparison,
+    summarise,
+    write_comparison,
+)
 from salfw.evaluation.metrics.randomization import parameter_layers
 
 MODELS = ("mnist-cnn", "mnist-mlp")
@@ -216,15 +224,6 @@ def metric_settings(steps: int) -> dict:
     return {"morf": {**flip, "random_order": False}, "lerf": {**flip, "random_order": False}, "abpc": flip,
             "deletion": flip, "insertion": flip, "sensitivity-n": {"samples": 30},
             "infidelity": {"samples": 16}, "max-sensitivity": {"samples": 5}}
-
-
-def summarise(values: torch.Tensor) -> dict:
-    v = values.detach().double().cpu()
-    v = v[torch.isfinite(v)]
-    n = v.numel()
-    std = v.std().item() if n > 1 else 0.0
-    return {"mean": v.mean().item() if n else float("nan"), "std": std,
-            "sem": std / math.sqrt(n) if n > 1 else 0.0, "n": n}
 
 
 def row(model: str, method: str, metric: str, values: torch.Tensor, higher: bool | None, seconds: float,

@@ -118,7 +118,8 @@ def _subset(explanation: Explanation, k: int) -> Explanation:
                                inputs=explanation.inputs[:k] if explanation.inputs is not None else None)
 
 
-def _summary(values: torch.Tensor) -> dict:
+def summarise(values: torch.Tensor) -> dict:
+    """Mean, standard deviation, standard error and count of the finite ``values``."""
     v = values.detach().double().cpu()
     v = v[torch.isfinite(v)]
     n = v.numel()
@@ -267,7 +268,7 @@ def _not_applicable(cls: type[Metric], metric: str, model: Model, x: torch.Tenso
 
 def _add_row(result: Comparison, model: str, method: str, metric: str, values: torch.Tensor, cls,
              seconds_per_sample: float) -> None:
-    result.rows.append({"model": model, "method": method, "metric": metric, **_summary(values),
+    result.rows.append({"model": model, "method": method, "metric": metric, **summarise(values),
                         "higher_is_better": cls.higher_is_better, "method_seconds_per_sample": seconds_per_sample})
 
 

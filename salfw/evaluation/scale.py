@@ -64,7 +64,7 @@ from salfw.core.explanation import Explanation
 from salfw.core.models import Model, WhiteBox
 from salfw.core.params import params_to_json
 
-from .harness import Comparison, _not_applicable, _summary, object_masks, write_comparison
+from .harness import Comparison, _not_applicable, object_masks, summarise, write_comparison
 
 #: Samples per chunk: the unit of work, of resumption and of a zarr chunk.
 CHUNK = 64
@@ -587,7 +587,7 @@ def write_scores(directory: Path, job: EvaluateJob) -> Comparison:
             if (method, metric) in pairs:
                 scores = torch.from_numpy(np.asarray(group["scores"][method][metric][:]))
                 result.rows.append({"model": _model_name(job), "method": method, "metric": metric,
-                                    **_summary(scores), "higher_is_better": type(instance).higher_is_better,
+                                    **summarise(scores), "higher_is_better": type(instance).higher_is_better,
                                     "method_seconds_per_sample": per_sample})
     write_comparison(result, directory)
     return result

@@ -72,7 +72,9 @@ def _local_gradient(f: Function, x: torch.Tensor, grad: torch.Tensor) -> torch.T
     return g
 
 
-class _Rescale(torch.autograd.Function):
+class _Elementwise(torch.autograd.Function):
+    """``f(x)`` forward, keeping ``x``, ``x_ref``, ``f(x)`` and ``f(x_ref)`` for a DeepLIFT backward rule."""
+
     @staticmethod
     def forward(ctx, f, x, x_ref, y_ref):
         y = f(x)
@@ -80,6 +82,8 @@ class _Rescale(torch.autograd.Function):
         ctx.save_for_backward(x, x_ref, y, y_ref)
         return y
 
+
+class _Rescale(_Elementwise):
     @staticmethod
     def backward(ctx, grad):
         x, x_ref, y, y_ref = ctx.saved_tensors
@@ -140,14 +144,7 @@ class _Product(torch.autograd.Function):
         return None, ga, gb, None, None
 
 
-class _Joint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, f, x, x_ref, y_ref):
-        y = f(x)
-        ctx.f = f
-        ctx.save_for_backward(x, x_ref, y, y_ref)
-        return y
-
+class _Joint(_Elementwise):
     @staticmethod
     def backward(ctx, grad):
         x, x_ref, y, y_ref = ctx.saved_tensors
